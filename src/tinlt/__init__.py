@@ -1,0 +1,5 @@
+"""tinlt: TIN (text-to-image network) for long-tailed image recognition."""
+
+__version__ = "0.1.0"
+
+from .errors import TinltError  # noqa: F401

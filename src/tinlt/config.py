@@ -1,0 +1,273 @@
+"""Run configuration: a typed schema, layered YAML files and ``key=value`` overrides.
+
+We use OmegaConf (the config library behind Hydra): it merges YAML layers and dotted
+command-line overrides onto a dataclass schema, so an unknown key or a wrong type is
+caught before any work starts. We add the one thing it lacks, a "did you mean" hint.
+
+A YAML file may start with ``_base_: other.yaml`` (or a list) to inherit; paths are
+relative to the file. A bare name like ``paper_vitb32`` is looked up in the bundled
+``tinlt/configs`` folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import TinltError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+LISTS_DIR = Path(__file__).resolve().parent / "data" / "lists"
+
+# ${tinlt_lists:Places_LT/classnames.txt} -> the list files bundled with the package
+if not OmegaConf.has_resolver("tinlt_lists"):
+    _register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # 2.4 renamed it
+    _register("tinlt_lists", lambda rel: str(LISTS_DIR / rel))
+
+
+@dataclass
+class SplitConfig:
+    """Where one split comes from. ``kind`` empty means the split is not used."""
+
+    kind: str = ""  # list | folder | csv | fashion_mnist
+    path: str = ""  # list file, folder root, CSV file, or folder holding the IDX files
+    root: str = ""  # image root that list/CSV paths are relative to (default: the file's folder)
+    classnames: str = ""  # one class name per line, in label order
+    split: str = "train"  # fashion_mnist: train | test
+    classes: List[int] = field(default_factory=list)  # fashion_mnist: keep these source classes, relabelled 0..K-1
+    lt_n_max: int = 0  # fashion_mnist long tail: class c keeps n_max * (1/ratio)^(c/(C-1)); 0 = off
+    lt_ratio: float = 100.0
+    counts: List[int] = field(default_factory=list)  # explicit per-class caps (override lt_*)
+    per_class_limit: int = 0  # keep at most this many per class (e.g. a quick test subset); 0 = all
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)  # empty: model selection uses the test split
+    test: SplitConfig = field(default_factory=SplitConfig)
+    image_size: int = 224
+    augment: str = "paper"  # paper (crop, flip, small rotation, colour jitter) | none
+    sampler: str = "instance"  # instance | class_balanced | sqrt
+    num_workers: int = 2
+    many_threshold: int = 100  # many: count > many_threshold
+    few_threshold: int = 20  # few: count < few_threshold
+    groups: str = "auto"  # absolute | relative (2 classes: common = many, rare = few) | auto
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-B-32"  # any open_clip model, a tinlt tiny config, or an offline tower pair
+    pretrained: str = ""  # local checkpoint file or open_clip pretrained tag; empty = random init
+    visual_attention: bool = True
+    head: str = "text"  # text (prompt cosine classifier) | linear
+    templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
+    freeze_image: bool = False
+    freeze_text: bool = False
+    truncate_text: bool = True
+    embed_dim: int = 256  # shared space of the offline towers' projections
+    logit_scale: float = 14.285714  # 1/0.07, CLIP's initial temperature
+    learn_logit_scale: bool = True
+    pretrained_image: bool = True  # offline towers: load packaged weights per tower
+    pretrained_text: bool = True
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: str = "seesaw"  # seesaw | ce | focal | cb_ce | cb_focal | balanced_softmax | logit_adjust | ldam
+    p: float = 0.7  # seesaw mitigation exponent: (N_j/N_i)^p for rarer negatives
+    q: float = 0.0  # seesaw compensation exponent (0 = off)
+    online: bool = False  # seesaw: accumulate class counts from training batches instead of the split prior
+    eps: float = 1e-2  # seesaw: floor on the target probability in the compensation ratio
+    label_smoothing: float = 0.0  # ce only
+    gamma: float = 2.0  # focal / cb_focal focusing exponent (0 = cross-entropy)
+    beta: float = 0.9999  # cb_ce / cb_focal effective-number beta in [0, 1)
+    tau: float = 1.0  # logit_adjust: weight of log prior added to the logits
+    max_margin: float = 0.5  # ldam: margin of the rarest class (margins ~ n^-1/4)
+    s: float = 30.0  # ldam: scale on the margined logits (30 assumes cosine logits)
+    drw_epoch: Optional[int] = None  # ldam: 0-based epoch from which class-balanced weights apply; null = never
+    drw_beta: float = 0.9999  # ldam: beta of the deferred re-weighting
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_new_mult: float = 1.0  # lr multiplier for freshly initialised parts: attention, projections, heads
+    lr_text_mult: float = 1.0  # lr multiplier for the text tower
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 0.0
+    epochs: int = 50
+    batch_size: int = 128  # per device
+    accum_steps: int = 1
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    output_dir: str = "runs/tin"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | off
+    eval_every: int = 1  # epochs; 0 = only at the end
+    max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
+    save_every_steps: int = 0  # mid-epoch checkpoints; 0 = once per epoch
+    eval_batch_size: int = 256
+    channels_last: bool = True  # CUDA only: faster convolutions for conv towers
+    compile: bool = False  # torch.compile the model (CUDA)
+    quiet: bool = False
+
+
+@dataclass
+class Config:
+    name: str = "tin"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node[k], full + "."))
+    return keys
+
+
+def _hint(bad_key: str) -> str:
+    valid = _all_keys(OmegaConf.structured(Config))
+    close = difflib.get_close_matches(bad_key, valid, n=1, cutoff=0.5)
+    if not close:  # try the last component alone, e.g. "loss.pp" -> "loss.p"
+        leaf = bad_key.split(".")[-1]
+        leaves = {k.split(".")[-1]: k for k in valid}
+        m = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+        close = [leaves[m[0]]] if m else []
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _explain(exc: OmegaConfBaseException, where: str) -> TinltError:
+    key = getattr(exc, "full_key", None) or ""
+    msg = str(exc).splitlines()[0]
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        m = re.search(r"Key '([^']+)'", msg)
+        leaf = m.group(1) if m else key
+        full = key if key else leaf
+        return TinltError(f"{where}: unknown config key '{full}'{_hint(full)}")
+    if isinstance(exc, ValidationError):
+        return TinltError(f"{where}: bad value for '{key}': {msg}")
+    return TinltError(f"{where}: {msg}")
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    raise TinltError(f"config file not found: {name} (nor in bundled configs: {CONFIG_DIR})")
+
+
+def _read_yaml_layers(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
+    path = path.resolve()
+    if path in seen:
+        raise TinltError(f"{path}: _base_ cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        first = str(e).replace("\n", " ")
+        raise TinltError(f"{path}: not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise TinltError(f"{path}: top level must be a mapping of keys")
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    layers: list[tuple[Path, dict]] = []
+    for b in bases:
+        bp = (path.parent / b) if not Path(b).is_absolute() else Path(b)
+        if not bp.is_file():
+            bp = resolve_config_path(b)
+        layers.extend(_read_yaml_layers(bp, seen + (path,)))
+    layers.append((path, data))
+    return layers
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> DictConfig:
+    """Schema defaults <- YAML layers (bases first) <- ``key=value`` overrides."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        for layer_path, data in _read_yaml_layers(resolve_config_path(path)):
+            try:
+                cfg = OmegaConf.merge(cfg, data)
+            except OmegaConfBaseException as e:
+                raise _explain(e, str(layer_path)) from None
+    if overrides:
+        for ov in overrides:
+            if "=" not in ov:
+                raise TinltError(f"override '{ov}' is not of the form key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as e:
+            raise _explain(e, "command line") from None
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "model.head": ("text", "linear"),
+    "data.augment": ("paper", "none"),
+    "data.sampler": ("instance", "class_balanced", "sqrt"),
+    "data.groups": ("auto", "absolute", "relative"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("cosine", "constant"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+}
+
+
+def register_choices(key: str, values: tuple[str, ...]) -> None:
+    """Let a module that adds options (e.g. a new loss) extend the validated choices."""
+    _CHOICES[key] = tuple(dict.fromkeys(_CHOICES.get(key, ()) + tuple(values)))
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, allowed in _CHOICES.items():
+        val = OmegaConf.select(cfg, key)
+        if val not in allowed:
+            raise TinltError(f"config key '{key}' = {val!r}; expected one of: {', '.join(allowed)}")
+    if cfg.optim.epochs < 1 and cfg.train.max_steps < 1:
+        raise TinltError("config key 'optim.epochs' must be >= 1")
+    if cfg.optim.batch_size < 1:
+        raise TinltError("config key 'optim.batch_size' must be >= 1")
+    if cfg.data.few_threshold > cfg.data.many_threshold + 1:
+        raise TinltError("config keys 'data.few_threshold' must be <= 'data.many_threshold' + 1")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(d: dict) -> DictConfig:
+    """Rebuild a config saved in a checkpoint (schema-checked, so old keys fail loudly)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), d)
+    except OmegaConfBaseException as e:
+        raise _explain(e, "checkpoint config") from None
