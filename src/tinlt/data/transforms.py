@@ -1,0 +1,78 @@
+"""Image transforms: CLIP-style evaluation preprocessing and the paper's training augmentation.
+
+Both start by making the image upright 8-bit RGB (:func:`tinlt.data.images.to_rgb`), so
+greyscale, palette, CMYK, 16-bit and transparent images all work, and end with a
+normalised float tensor (3, image_size, image_size).
+
+* eval: resize the shorter side to ``image_size`` (bicubic), center crop, normalise —
+  exactly CLIP's preprocessing.
+* train ``paper``: random resized crop (scale 0.5-1, so the object mostly stays in view),
+  horizontal flip, rotation within +-10 degrees (filled with the mean colour, which
+  normalises to ~0), colour jitter 0.2 on brightness, contrast and saturation.
+* train ``none``: the eval pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from ..errors import TinltError
+from .images import to_rgb
+
+AUGMENTS = ("paper", "none")
+CROP_SCALE = (0.5, 1.0)
+ROTATION_DEGREES = 10.0
+JITTER = 0.2
+
+
+class ToRGB:
+    """Array or PIL image -> upright 8-bit RGB PIL image (picklable for DataLoader workers)."""
+
+    def __call__(self, img):
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        return to_rgb(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def build_transforms(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    augment: str = "paper",
+) -> T.Compose:
+    """Transform from a PIL image (or uint8 array) to a normalised (3, S, S) float tensor."""
+    if augment not in AUGMENTS:
+        raise TinltError(f"config key 'data.augment' = {augment!r}; expected one of: {', '.join(AUGMENTS)}")
+    if int(image_size) < 1:
+        raise TinltError(f"config key 'data.image_size' must be >= 1, got {image_size}")
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) != 3 or len(std) != 3:
+        raise TinltError(f"image mean/std need 3 values (RGB), got mean={mean} std={std}")
+    size = int(image_size)
+    to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean=mean, std=std)]
+    if train and augment == "paper":
+        fill = tuple(int(round(m * 255)) for m in mean)
+        steps = [
+            ToRGB(),
+            T.RandomRotation(ROTATION_DEGREES, interpolation=InterpolationMode.BILINEAR, fill=fill),
+            T.RandomResizedCrop(size, scale=CROP_SCALE, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
+        ]
+    else:
+        steps = [
+            ToRGB(),
+            T.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(size),
+        ]
+    return T.Compose(steps + to_tensor)
