@@ -1,0 +1,305 @@
+"""TIN: an image tower with gated large-kernel attention, classified by text prompts.
+
+Owns the model that training and evaluation see: image embedding (tower split around
+its last spatial map, ``GatedAttention`` in between), the class classifier (prompt
+ensemble of the text tower, or a linear head), the logit scale, tower freezing and the
+optimizer parameter groups ("image", "text", "new").
+
+Class text features are cached when they cannot carry gradients (text tower frozen, or
+grad disabled); the cache is keyed on the text tower's parameter versions, device and
+mode, so training steps, ``load_state_dict`` and ``.to()`` invalidate it. Caches and
+tokens are never part of the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import TinltError
+from .attention import GatedAttention
+from .base import ImageTower, TextTower
+
+HEADS = ("text", "linear")
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
+
+
+def _check_templates(templates: Iterable[str]) -> tuple[str, ...]:
+    templates = tuple(templates)
+    if not templates:
+        raise TinltError("model.templates: at least one template is needed")
+    for t in templates:
+        if not isinstance(t, str) or "{}" not in t:
+            raise TinltError(f"model.templates: template {t!r} has no '{{}}' for the class name")
+    return templates
+
+
+class TIN(nn.Module):
+    """logits = exp(logit_scale) * cos(image embedding, class text feature), or a linear head.
+
+    Args:
+      image_tower, text_tower: towers meeting models/base.py (text_tower is not kept
+        with ``head="linear"``; it may be None then).
+      classnames: one name per label, in label order; "_" reads as a space in prompts.
+      templates: prompt templates with "{}" for the class name; features are averaged
+        over templates (each prompt L2-normalised, the mean renormalised).
+      visual_attention: insert GatedAttention on the image tower's last feature map.
+      head: "text" (prompt cosine classifier) or "linear" (nn.Linear on the normalised
+        image embedding).
+      logit_scale: initial exp(logit_scale), stored as its log like CLIP, clamped at 100.
+      learn_logit_scale: train it (else a fixed buffer).
+      truncate_text: let the text tower drop padding that cannot change its output.
+    """
+
+    def __init__(
+            self,
+            image_tower: ImageTower,
+            text_tower: Optional[TextTower],
+            classnames: Sequence[str],
+            templates: Sequence[str] = ("a photo of a {}.",),
+            visual_attention: bool = True,
+            head: str = "text",
+            logit_scale: float = 1 / 0.07,
+            learn_logit_scale: bool = True,
+            truncate_text: bool = True,
+    ):
+        super().__init__()
+        if head not in HEADS:
+            raise TinltError(f"model.head = {head!r}; expected one of: {', '.join(HEADS)}")
+        if head == "text" and text_tower is None:
+            raise TinltError("model.head = 'text' needs a text tower")
+        self.head_type = head
+        self.truncate_text = bool(truncate_text)
+        self.image_tower = image_tower
+        self.text_tower = text_tower if head == "text" else None
+        self.attention = GatedAttention(image_tower.feature_channels) if visual_attention else None
+        self.head: Optional[nn.Linear] = None
+        self.logit_scale: Optional[torch.Tensor]
+        if head == "text":
+            if not logit_scale > 0:
+                raise TinltError(f"model.logit_scale = {logit_scale}; must be > 0")
+            init = torch.tensor(math.log(logit_scale), dtype=torch.float32)
+            if learn_logit_scale:
+                self.logit_scale = nn.Parameter(init)
+            else:
+                self.register_buffer("logit_scale", init)
+        else:
+            self.logit_scale = None
+
+        # tower parameters that may train at all (open_clip fixes some, e.g. sin-cos positions)
+        self._trainable_by_design = {n for n, p in self.named_parameters() if p.requires_grad}
+        self._frozen = {"image": False, "text": False}
+        self._token_names: list[str] = []
+        self._token_keys: Optional[list[str]] = None  # None: tokens are one tensor
+        self._tokens_version = 0
+        self._text_cache: Optional[tuple[Any, torch.Tensor]] = None
+        self.text_batch_size = 1024  # prompts per text-tower call
+        self.templates: tuple[str, ...] = ()
+        self.classnames: list[str] = []
+        self.set_classnames(classnames, templates)
+
+    # -- classes -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def prompts(self) -> list[str]:
+        """Class-major: prompt c * len(templates) + t is template t filled with class c."""
+        names = [c.replace("_", " ") for c in self.classnames]
+        return [t.replace("{}", n) for n in names for t in self.templates]
+
+    def set_classnames(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None) -> None:
+        """Set the label set (and optionally the templates); re-tokenises the prompts.
+
+        With the linear head the layer is rebuilt (fresh init) only if the class count changes.
+        """
+        names = [str(c) for c in classnames]
+        if not names:
+            raise TinltError("model: the class list is empty")
+        if templates is not None or not self.templates:
+            self.templates = _check_templates(templates if templates is not None else ("a photo of a {}.",))
+        self.classnames = names
+        device = self._device()
+        if self.head_type == "linear":
+            if self.head is None or self.head.out_features != len(names):
+                dtype = next(self.image_tower.parameters(), torch.empty(0)).dtype
+                self.head = nn.Linear(self.image_tower.output_dim, len(names)).to(device=device, dtype=dtype)
+        else:
+            tokens = self.text_tower.tokenize(self.prompts(), truncate=self.truncate_text)
+            self._set_tokens(tokens, device)
+        self._text_cache = None
+
+    def _device(self) -> torch.device:
+        for p in self.image_tower.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def _set_tokens(self, tokens: Any, device: torch.device) -> None:
+        for name in self._token_names:
+            del self._buffers[name]
+        if isinstance(tokens, torch.Tensor):
+            items, self._token_keys = {"": tokens}, None
+        elif isinstance(tokens, Mapping):
+            items = dict(tokens)
+            self._token_keys = list(items)
+        else:
+            raise TypeError(f"text tower tokens must be a tensor or a dict of tensors, got {type(tokens).__name__}")
+        self._token_names = []
+        for key, value in items.items():
+            name = f"text_tokens_{key}" if key else "text_tokens"
+            self.register_buffer(name, torch.as_tensor(value).to(device), persistent=False)
+            self._token_names.append(name)
+        self._tokens_version += 1
+
+    def _tokens(self) -> Any:
+        if self._token_keys is None:
+            return self._buffers[self._token_names[0]]
+        return {k: self._buffers[n] for k, n in zip(self._token_keys, self._token_names)}
+
+    # -- text ------------------------------------------------------------------------
+    def _text_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.text_tower.parameters())
+
+    def _cache_key(self) -> tuple:
+        params = tuple((p._version, p.data_ptr(), p.dtype) for p in self.text_tower.parameters())
+        return (self._tokens_version, self.text_tower.training, params)
+
+    def _encode_prompts(self) -> torch.Tensor:
+        tokens = self._tokens()
+        n = (tokens if self._token_keys is None else next(iter(tokens.values()))).shape[0]
+        chunks = []
+        for start in range(0, n, self.text_batch_size):
+            end = start + self.text_batch_size
+            part = tokens[start:end] if self._token_keys is None else {k: v[start:end] for k, v in tokens.items()}
+            chunks.append(self.text_tower(part))
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+    def _compute_text_features(self) -> torch.Tensor:
+        feats = F.normalize(self._encode_prompts(), dim=-1)
+        feats = feats.reshape(len(self.classnames), len(self.templates), -1).mean(dim=1)
+        return F.normalize(feats, dim=-1)
+
+    def class_text_features(self) -> torch.Tensor:
+        """(num_classes, D) L2-normalised template-ensembled class features."""
+        if self.text_tower is None:
+            raise TinltError("model.head = 'linear' has no class text features")
+        if not (self._text_frozen() or not torch.is_grad_enabled()):
+            return self._compute_text_features()
+        key = self._cache_key()
+        if self._text_cache is not None and self._text_cache[0] == key:
+            return self._text_cache[1]
+        with torch.no_grad():
+            feats = self._compute_text_features()
+        self._text_cache = (key, feats)
+        return feats
+
+    # -- image -----------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        fmap, aside = self.image_tower.forward_split(images)
+        if self.attention is not None:
+            fmap = self.attention(fmap)
+        emb = self.image_tower.forward_merge(fmap, aside)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at 100 (text head only)."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    @property
+    def uses_text_head(self) -> bool:
+        return self.head_type == "text"
+
+    def forward(self, images: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_classes) logits. ``text_features`` (C, D) overrides the
+        cached class features (text head), e.g. to share them across a whole evaluation."""
+        image = self.encode_image(images, normalize=True)
+        if self.head_type == "linear":
+            return self.head(image)
+        text = text_features if text_features is not None else self.class_text_features()
+        text = F.normalize(text, dim=-1).to(image.dtype)
+        return self.scale().to(image.dtype) * image @ text.t()
+
+    # -- training setup ----------------------------------------------------------------
+    def _towers(self) -> list[tuple[str, Optional[nn.Module]]]:
+        return [("image", self.image_tower), ("text", self.text_tower)]
+
+    def freeze(self, image: bool = False, text: bool = False) -> None:
+        """Freeze (or unfreeze) the pretrained part of each tower.
+
+        A frozen tower is a fixed feature extractor: requires_grad False and eval mode
+        (BatchNorm statistics and dropout fixed) whatever ``train()`` says. Parameters a
+        tower reports in ``new_parameter_names()`` stay trainable.
+        """
+        self._frozen = {"image": bool(image), "text": bool(text)}
+        for key, tower in self._towers():
+            if tower is None:
+                continue
+            new = tower.new_parameter_names()
+            prefix = f"{key}_tower."
+            for name, p in tower.named_parameters():
+                trainable = prefix + name in self._trainable_by_design
+                p.requires_grad = trainable and (not self._frozen[key] or name in new)
+        self.train(self.training)
+        self._text_cache = None
+
+    def train(self, mode: bool = True) -> "TIN":
+        super().train(mode)
+        for key, tower in self._towers():
+            if tower is not None and self._frozen[key]:
+                tower.eval()
+        if mode and self.text_tower is not None and not self._text_frozen():
+            self._text_cache = None  # weights are about to change
+        return self
+
+    def named_param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Trainable parameters by group, each exactly once:
+        "image" / "text": the towers' pretrained parameters; "new": attention, linear
+        head, logit scale and the towers' new_parameter_names()."""
+        new_names = set()
+        for key, tower in self._towers():
+            if tower is not None:
+                new_names |= {f"{key}_tower.{n}" for n in tower.new_parameter_names()}
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"image": [], "text": [], "new": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name in new_names:
+                group = "new"
+            elif name.startswith("image_tower."):
+                group = "image"
+            elif name.startswith("text_tower."):
+                group = "text"
+            else:
+                group = "new"
+            groups[group].append((name, p))
+        return groups
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """As named_param_groups, parameters only."""
+        return {g: [p for _, p in items] for g, items in self.named_param_groups().items()}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.image_tower.set_grad_checkpointing(enable)
+        if self.text_tower is not None:
+            self.text_tower.set_grad_checkpointing(enable)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        self._text_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # -- preprocessing the weights expect ------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.image_tower.image_size
+
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        return tuple(self.image_tower.image_mean)
+
+    @property
+    def image_std(self) -> tuple[float, float, float]:
+        return tuple(self.image_tower.image_std)

@@ -1,0 +1,118 @@
+"""LargeKernelAttention / GatedAttention against independent computations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinlt.models.attention import GatedAttention, LargeKernelAttention
+
+
+def _depthwise_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, dil: int) -> np.ndarray:
+    """Plain loops: out[c, y, x] = b[c] + sum_ij w[c, i, j] * xpad[c, y + dil*i, x + dil*j]."""
+    c, h, wd = x.shape
+    k = w.shape[-1]
+    xp = np.zeros((c, h + 2 * pad, wd + 2 * pad), dtype=np.float64)
+    xp[:, pad:pad + h, pad:pad + wd] = x
+    out = np.zeros((c, h, wd), dtype=np.float64)
+    for ch in range(c):
+        for yy in range(h):
+            for xx in range(wd):
+                acc = b[ch]
+                for i in range(k):
+                    for j in range(k):
+                        acc += w[ch, i, j] * xp[ch, yy + dil * i, xx + dil * j]
+                out[ch, yy, xx] = acc
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 5, 7), (3, 2, 1, 1), (1, 1, 16, 3)])
+def test_lka_preserves_shape(shape):
+    lka = LargeKernelAttention(shape[1])
+    assert lka(torch.randn(shape)).shape == shape
+
+
+def test_lka_layer_definitions():
+    lka = LargeKernelAttention(6)
+    c0, cs, c1 = lka.conv0, lka.conv_spatial, lka.conv1
+    assert (c0.kernel_size, c0.padding, c0.dilation, c0.groups) == ((5, 5), (2, 2), (1, 1), 6)
+    assert (cs.kernel_size, cs.padding, cs.dilation, cs.groups) == ((7, 7), (9, 9), (3, 3), 6)
+    assert (c1.kernel_size, c1.groups, c1.in_channels, c1.out_channels) == ((1, 1), 1, 6, 6)
+
+
+def test_lka_matches_functional_convs():
+    torch.manual_seed(0)
+    lka = LargeKernelAttention(5)
+    x = torch.randn(2, 5, 11, 9)
+    a = F.conv2d(x, lka.conv0.weight, lka.conv0.bias, padding=2, groups=5)
+    a = F.conv2d(a, lka.conv_spatial.weight, lka.conv_spatial.bias, padding=9, dilation=3, groups=5)
+    a = F.conv2d(a, lka.conv1.weight, lka.conv1.bias)
+    torch.testing.assert_close(lka(x), a * x, rtol=0, atol=1e-6)
+
+
+def test_lka_matches_loop_reference():
+    torch.manual_seed(1)
+    c = 3
+    lka = LargeKernelAttention(c).double()
+    x = torch.randn(1, c, 6, 7, dtype=torch.float64)
+    xn = x[0].numpy()
+    a = _depthwise_reference(xn, lka.conv0.weight[:, 0].detach().numpy(), lka.conv0.bias.detach().numpy(), 2, 1)
+    a = _depthwise_reference(
+        a, lka.conv_spatial.weight[:, 0].detach().numpy(), lka.conv_spatial.bias.detach().numpy(), 9, 3
+    )
+    w1 = lka.conv1.weight[:, :, 0, 0].detach().numpy()
+    a = np.einsum("oc,chw->ohw", w1, a) + lka.conv1.bias.detach().numpy()[:, None, None]
+    expected = a * xn
+    np.testing.assert_allclose(lka(x)[0].detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_lka_single_channel_delta_kernels():
+    lka = LargeKernelAttention(1)
+    with torch.no_grad():
+        lka.conv0.weight.zero_()
+        lka.conv0.weight[0, 0, 2, 2] = 1.0  # centre tap: identity
+        lka.conv0.bias.zero_()
+        lka.conv_spatial.weight.zero_()
+        # tap (3, 4) reads input at (y + 3*3 - 9, x + 3*4 - 9) = (y, x + 3)
+        lka.conv_spatial.weight[0, 0, 3, 4] = 1.0
+        lka.conv_spatial.bias.zero_()
+        lka.conv1.weight.fill_(2.0)
+        lka.conv1.bias.fill_(0.5)
+    x = torch.arange(1.0, 1.0 + 4 * 6).reshape(1, 1, 4, 6)
+    shifted = torch.zeros_like(x)
+    shifted[..., :, :3] = x[..., :, 3:]  # x[y, x+3], zero beyond the border
+    expected = x * (2.0 * shifted + 0.5)
+    assert torch.equal(lka(x), expected)
+    # e.g. top-left pixel: 1 * (2 * 4 + 0.5)
+    assert lka(x)[0, 0, 0, 0].item() == 8.5
+    assert lka(x)[0, 0, 0, 5].item() == 6 * 0.5
+
+
+def test_gated_attention_is_identity_at_init_and_gate_learns():
+    torch.manual_seed(2)
+    gated = GatedAttention(4)
+    assert isinstance(gated.gate, torch.nn.Parameter) and gated.gate.item() == 0.0
+    x = torch.randn(2, 4, 6, 6)
+    out = gated(x)
+    assert torch.equal(out, x)
+
+    r = torch.randn_like(x)
+    (out * r).sum().backward()
+    with torch.no_grad():
+        expected_gate_grad = (r * gated.lka(x)).sum()
+    assert gated.gate.grad is not None and gated.gate.grad.abs().item() > 0
+    torch.testing.assert_close(gated.gate.grad, expected_gate_grad, rtol=1e-5, atol=1e-6)
+    # behind a zero gate the LKA weights receive exactly zero gradient at step 0
+    assert torch.count_nonzero(gated.lka.conv0.weight.grad) == 0
+
+
+def test_gated_attention_nonzero_gate():
+    torch.manual_seed(3)
+    gated = GatedAttention(3, gate_init=0.25)
+    x = torch.randn(1, 3, 5, 5)
+    torch.testing.assert_close(gated(x), x + 0.25 * gated.lka(x))
+
+
+def test_lka_rejects_zero_channels():
+    with pytest.raises(ValueError):
+        LargeKernelAttention(0)

@@ -1,0 +1,149 @@
+"""Model factory: config -> TIN, name resolution, transforms, errors."""
+
+import sys
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tinlt.config import Config, ModelConfig, load_config
+from tinlt.errors import TinltError
+from tinlt.models import factory, registry
+from tinlt.models.clip_towers import OpenCLIPImageTower, OpenCLIPTextTower
+from tinlt.models.factory import create_model, create_model_and_transforms, list_models
+from tinlt.models.tin import TIN
+
+CLASSES = ["strain_clamp", "cat"]
+
+
+def test_create_model_from_run_config():
+    cfg = load_config(None, ["model.name=tiny-vit", "model.freeze_text=true", "model.logit_scale=10",
+                             "model.templates=['a {} photo','a {}']"])
+    model = create_model(cfg.model, CLASSES)
+    assert isinstance(model, TIN) and isinstance(model.image_tower, OpenCLIPImageTower)
+    assert isinstance(model.text_tower, OpenCLIPTextTower)
+    assert model.templates == ("a {} photo", "a {}") and model.num_classes == 2
+    assert model.attention is not None
+    assert model.logit_scale.item() == pytest.approx(np.log(10.0))
+    assert not any(p.requires_grad for p in model.text_tower.parameters())
+    assert all(p.requires_grad for p in model.image_tower.parameters())
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_create_model_from_dict_and_dataclass():
+    model = create_model({"name": "tiny-rn", "head": "linear", "visual_attention": False,
+                          "freeze_image": True}, CLASSES)
+    assert model.head_type == "linear" and model.attention is None and model.text_tower is None
+    assert not any(p.requires_grad for p in model.image_tower.parameters())
+    assert [n for n, _ in model.named_param_groups()["new"]] == ["head.weight", "head.bias"]
+    model = create_model(ModelConfig(name="tiny-rn", truncate_text=False), CLASSES)
+    assert model.text_tokens.shape[1] == 77
+
+
+def test_grad_checkpointing_flag_reaches_the_towers():
+    model = create_model({"name": "tiny-vit", "grad_checkpointing": True}, CLASSES)
+    assert model.image_tower.visual.transformer.grad_checkpointing
+    assert model.text_tower.transformer.grad_checkpointing
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    assert model.image_tower.visual.conv1.weight.grad is not None
+
+
+def test_pretrained_file_and_missing_file(tmp_path):
+    torch.manual_seed(3)
+    ref = open_clip.create_model("tiny-vit").eval()
+    path = tmp_path / "tiny.bin"
+    torch.save(ref.state_dict(), path)
+    model = create_model({"name": "tiny-vit", "pretrained": str(path)}, CLASSES).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x, normalize=False), ref.encode_image(x), rtol=0, atol=1e-5)
+    missing = tmp_path / "absent.safetensors"
+    with pytest.raises(TinltError) as err:
+        create_model({"name": "tiny-vit", "pretrained": str(missing)}, CLASSES)
+    assert str(missing) in str(err.value) and "model.pretrained" in str(err.value)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(TinltError) as err:
+        create_model({"name": "tiny_vit"}, CLASSES)
+    msg = str(err.value)
+    assert "tiny_vit" in msg and "tiny-vit" in msg and "model.name" in msg and "\n" not in msg
+    with pytest.raises(TinltError, match="ViT-B-32"):
+        create_model({"name": "vit-b-32x"}, CLASSES)
+
+
+def test_unknown_config_key_and_bad_value():
+    with pytest.raises(TinltError, match="model.visual_attention"):
+        create_model({"name": "tiny-vit", "visual_atention": False}, CLASSES)
+    with pytest.raises(TinltError, match="model.head"):
+        create_model({"name": "tiny-vit", "head": "mlp"}, CLASSES)
+
+
+def test_list_models_has_tiny_configs_and_registered_pairs(monkeypatch):
+    monkeypatch.setitem(registry._BUILDERS, "test-pair", lambda cfg: None)
+    names = list_models()
+    assert {"tiny-vit", "tiny-rn", "ViT-B-32", "RN50", "test-pair"} <= set(names)
+    assert len(names) == len(set(names))
+
+
+def test_registry_comes_before_open_clip(monkeypatch):
+    seen = {}
+
+    def builder(cfg):
+        seen["cfg"] = cfg
+        torch.manual_seed(0)
+        clip = open_clip.create_model("tiny-rn")
+        return OpenCLIPImageTower(clip.visual), OpenCLIPTextTower(clip, open_clip.get_tokenizer("tiny-rn"))
+
+    monkeypatch.setitem(registry._BUILDERS, "tiny-vit", builder)  # shadows the open_clip name
+    model = create_model({"name": "tiny-vit", "embed_dim": 64}, CLASSES)
+    assert model.image_size == 64  # tiny-rn's size: the registered builder was used
+    assert seen["cfg"].embed_dim == 64 and seen["cfg"].pretrained_image is True
+
+
+def test_missing_offline_module_does_not_break_open_clip(monkeypatch):
+    monkeypatch.setattr(factory, "_offline_tried", False)
+    monkeypatch.setattr(factory, "_offline_error", None)
+    monkeypatch.setitem(sys.modules, "tinlt.models.offline", None)  # import now raises ImportError
+    model = create_model({"name": "tiny-vit"}, CLASSES)
+    assert isinstance(model, TIN)
+    with pytest.raises(TinltError, match="offline towers unavailable"):
+        create_model({"name": "no-such-model"}, CLASSES)
+
+
+def test_create_model_and_transforms():
+    model, train_tf, eval_tf = create_model_and_transforms(
+        "tiny-rn", classnames=CLASSES, augment="paper", templates=["a photo of a {}."]
+    )
+    assert isinstance(model, TIN) and model.image_size == 64
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    x_eval, x_train = eval_tf(img), train_tf(img)
+    assert x_eval.shape == x_train.shape == (3, 64, 64)
+    # eval transform normalises with the tower's mean/std
+    assert torch.isfinite(x_eval).all()
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.stack([x_eval, x_train])).shape == (2, 2)
+    with pytest.raises(TinltError, match="model.visual_atention"):
+        create_model_and_transforms("tiny-rn", classnames=CLASSES, visual_atention=False)
+
+
+def test_image_size_override_rebuilds_vit_grid():
+    model, _, eval_tf = create_model_and_transforms("tiny-vit", classnames=CLASSES, image_size=48)
+    assert model.image_size == 48
+    img = Image.fromarray(np.zeros((50, 50, 3), dtype=np.uint8))
+    assert eval_tf(img).shape == (3, 48, 48)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 48, 48)).shape == (1, 2)
+
+
+def test_full_config_defaults_are_accepted():
+    cfg = OmegaConf.structured(Config)
+    cfg.model.name = "tiny-vit"
+    assert isinstance(create_model(cfg.model, CLASSES), TIN)
