@@ -1,0 +1,185 @@
+"""The ``tinlt`` command: parses arguments, builds a config, calls library functions.
+
+Every subcommand is a thin shell over a function that is equally usable from Python.
+User errors (``TinltError``) print as one line and exit with status 2; a run stopped by
+SIGINT/SIGTERM saves a resumable checkpoint and exits with 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from .errors import Interrupted, TinltError
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", "-c", required=required, help="YAML file or bundled config name (e.g. paper_imagenet_lt)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 loss.p=0.8")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="tinlt", description="TIN: long-tailed recognition with vision-language models")
+    ap.add_argument("--version", action="version", version=f"tinlt {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train TIN (or a baseline) from a config")
+    _add_config_args(p, required=False)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, help="resume from CKPT or the run's last.pt")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint; writes metrics.json")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
+    p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.test.path=other.txt")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+    p = sub.add_parser("zeroshot", help="classify by prompts with frozen towers, no training")
+    _add_config_args(p)
+
+    p = sub.add_parser("predict", help="top-k classes for images or folders")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=None, help="preds.csv or preds.json (default: table to the terminal)")
+
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
+    q = dsub.add_parser("inspect", help="class counts, imbalance and shot groups of a training split")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--train-list", help="list file of 'relative/path label' lines")
+    src.add_argument("--train-csv", help="CSV with path,label or path,class_name")
+    src.add_argument("--train-folder", help="image-folder tree (class = sub-folder)")
+    q.add_argument("--classnames", default=None)
+    q.add_argument("--many", type=int, default=100, help="many: count > MANY")
+    q.add_argument("--few", type=int, default=20, help="few: count < FEW")
+    q.add_argument("--groups", default="auto", choices=["auto", "absolute", "relative"])
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("demo", help="offline demo: TIN vs a cross-entropy baseline on Fashion-MNIST-LT")
+    p.add_argument("--variant", default="fmnist_lt", choices=["fmnist_lt", "fmnist_clamp", "both"])
+    p.add_argument("--no-baseline", action="store_true", help="train TIN only")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST IDX files")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    p.add_argument("--quiet", "-q", action="store_true")
+    return ap
+
+
+def _cmd_train(a) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .engine.trainer import train
+
+    if a.resume and a.resume != "auto":
+        # the run folder's resolved config is the run; command-line overrides still apply
+        run_cfg = Path(a.resume).parent / "config.yaml"
+        if not Path(a.resume).is_file():
+            raise TinltError(f"--resume: checkpoint not found: {a.resume}")
+        cfg = load_config(run_cfg if run_cfg.is_file() else a.config, a.overrides)
+    else:
+        cfg = load_config(a.config, a.overrides)  # no --config: schema defaults + overrides
+        run_cfg = Path(cfg.train.output_dir) / "config.yaml"
+        if a.resume == "auto" and run_cfg.is_file():
+            cfg = load_config(run_cfg, a.overrides)
+    if a.quiet:
+        cfg.train.quiet = True
+    train(cfg, resume=a.resume, command=sys.argv)
+    return 0
+
+
+def _cmd_eval(a) -> int:
+    from .engine.inference import evaluate_checkpoint
+
+    evaluate_checkpoint(a.checkpoint, a.overrides, out_dir=a.out, quiet=a.quiet)
+    return 0
+
+
+def _cmd_zeroshot(a) -> int:
+    from .config import load_config
+    from .engine.inference import zeroshot
+
+    cfg = load_config(a.config, a.overrides)
+    zeroshot(cfg, quiet=a.quiet)
+    return 0
+
+
+def _cmd_predict(a) -> int:
+    from .predict import format_predictions, predict_paths, write_predictions
+
+    rows = predict_paths(a.checkpoint, a.inputs, topk=a.topk, batch_size=a.batch_size)
+    if a.out:
+        print(f"wrote {write_predictions(rows, a.out)} ({len(rows)} images)")
+    else:
+        print(format_predictions(rows))
+    return 0
+
+
+def _cmd_data(a) -> int:
+    from .data import inspect as data_inspect
+    from .data.sources import load_csv, load_folder, load_list
+
+    if a.train_list:
+        samples = load_list(a.train_list, classnames_file=a.classnames)
+    elif a.train_csv:
+        samples = load_csv(a.train_csv, classnames_file=a.classnames)
+    else:
+        samples = load_folder(a.train_folder)
+    summary = data_inspect.summarize(samples, many_threshold=a.many, few_threshold=a.few, mode=a.groups)
+    if a.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(data_inspect.format_summary(summary, samples.class_counts()))
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        variant=a.variant,
+        baseline=not a.no_baseline,
+        out=a.out,
+        data=a.data,
+        overrides=a.overrides,
+        quiet=a.quiet,
+    )
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "zeroshot": _cmd_zeroshot,
+    "predict": _cmd_predict,
+    "data": _cmd_data,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .runtime import tune_allocator
+
+    tune_allocator()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except TinltError as e:
+        print(f"tinlt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinlt: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print(f"tinlt: {e}; continue with --resume", file=sys.stderr)
+        return 128 + e.signum
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""End to end through the CLI on a tiny random model and generated images.
+
+Covers the three ways to name a split (list file, folder tree, CSV), training, resume,
+evaluation and prediction, and the one-line errors a user sees for bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinlt.cli import main
+
+CLASSES = ["red thing", "green thing", "blue thing"]
+TRAIN_COUNTS = [9, 5, 2]
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+
+
+def _write_images(root: Path, counts, seed=0) -> list[tuple[str, int]]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for c, n in enumerate(counts):
+        d = root / CLASSES[c].replace(" ", "_")
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.clip(np.array(COLOURS[c]) + rng.integers(-25, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+            p = d / f"img {i}.png"  # a space in the name on purpose
+            Image.fromarray(arr).save(p)
+            items.append((str(p.relative_to(root)), c))
+    return items
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train = _write_images(root / "train", TRAIN_COUNTS, seed=0)
+    test = _write_images(root / "test", [3, 3, 3], seed=1)
+    (root / "classnames.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(CLASSES)))
+    for name, items in (("train", train), ("test", test)):
+        (root / f"{name}.txt").write_text("".join(f"{name}/{p} {y}\n" for p, y in items))
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "class_name"])
+            for p, y in items:
+                w.writerow([f"{name}/{p}", CLASSES[y]])
+    return root
+
+
+def _common(out: Path) -> list[str]:
+    return [
+        "model.name=tiny-vit",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=4",
+        "optim.lr=1e-3",
+        "optim.name=adamw",
+        "optim.epochs=2",
+        "train.eval_batch_size=8",
+        f"train.output_dir={out}",
+        "train.quiet=true",
+    ]
+
+
+def _split_args(kind: str, root: Path) -> list[str]:
+    if kind == "list":
+        cn = root / "classnames.txt"
+        return [
+            "data.train.kind=list", f"data.train.path={root / 'train.txt'}", f"data.train.classnames={cn}",
+            "data.test.kind=list", f"data.test.path={root / 'test.txt'}", f"data.test.classnames={cn}",
+        ]
+    if kind == "folder":
+        return [
+            "data.train.kind=folder", f"data.train.path={root / 'train'}",
+            "data.test.kind=folder", f"data.test.path={root / 'test'}",
+        ]
+    cn = root / "classnames.txt"
+    return [
+        "data.train.kind=csv", f"data.train.path={root / 'train.csv'}", f"data.train.classnames={cn}",
+        "data.test.kind=csv", f"data.test.path={root / 'test.csv'}", f"data.test.classnames={cn}",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["list", "folder", "csv"])
+def test_train_eval_predict(kind, dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *_common(out), *_split_args(kind, dataset)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the test split has 3 images per class, so per-class accuracies are multiples of 1/3
+    for row in metrics["per_class"]:
+        assert row["test_count"] == 3
+        assert round(row["accuracy"] * 3 / 100, 6) == pytest.approx(round(row["accuracy"] * 3 / 100))
+    assert metrics["num_samples"] == 9
+    # overall is the mean of the per-class accuracies, recomputed here from the confusion matrix
+    conf = np.array(metrics["confusion"])
+    assert metrics["overall"] == pytest.approx(100 * np.mean(np.diag(conf) / conf.sum(1)))
+    # groups come from the training counts 9/5/2 -> all "few" (< 20)
+    assert metrics["few"] == pytest.approx(metrics["overall"])
+    assert metrics["many"] is None and metrics["medium"] is None
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    run = json.loads((out / "run.json").read_text())
+    # folder trees order classes by name; compare by name
+    assert dict(zip(run["classnames"], run["train_counts"])) == dict(zip(CLASSES, TRAIN_COUNTS))
+
+    # evaluate the checkpoint: same weights, same data -> same confusion matrix
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["confusion"] == metrics["confusion"]
+
+    # predict on a folder; top-1 must agree with the evaluation's predictions
+    preds = tmp_path / "preds.json"
+    assert main(["predict", str(dataset / "test"), "--checkpoint", str(out / "best.pt"), "--topk", "2",
+                 "--out", str(preds)]) == 0
+    rows = json.loads(preds.read_text())
+    assert len(rows) == 9
+    assert all(len(r["topk"]) == 2 and r["topk"][0]["score"] >= r["topk"][1]["score"] for r in rows)
+    pred_counts = np.zeros((3, 3), dtype=int)
+    for r in rows:
+        true = CLASSES.index(Path(r["path"]).parent.name.replace("_", " "))
+        pred_counts[true, CLASSES.index(r["topk"][0]["class"])] += 1
+    assert pred_counts.tolist() == metrics["confusion"]
+
+
+def test_resume_continues_where_it_stopped(dataset, tmp_path):
+    out = tmp_path / "run"
+    args = [*_common(out), *_split_args("list", dataset)]
+    assert main(["train", *args, "optim.epochs=1"]) == 0
+    first = torch.load(out / "last.pt", weights_only=False)
+    assert first["epoch"] == 1
+    # resume with a longer schedule: one more epoch, continuing the step count
+    assert main(["train", "--resume", str(out / "last.pt"), "optim.epochs=2"]) == 0
+    second = torch.load(out / "last.pt", weights_only=False)
+    assert second["epoch"] == 2
+    assert second["global_step"] == 2 * first["global_step"]
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+def test_resumed_run_equals_uninterrupted_run(dataset, tmp_path):
+    """Exact resume on CPU: stop mid-training, resume, compare final weights bit for bit."""
+    base = [*_split_args("folder", dataset), "optim.epochs=2", "train.save_every_steps=1"]
+    full = tmp_path / "full"
+    assert main(["train", *_common(full), *base]) == 0
+    part = tmp_path / "part"
+    # max_steps stops after 3 optimizer steps (mid-epoch 1 of 2: 16 images / batch 4 = 4 steps per epoch)
+    assert main(["train", *_common(part), *base, "train.max_steps=3"]) == 0
+    assert main(["train", "--resume", str(part / "last.pt"), "train.max_steps=0"]) == 0
+    a = torch.load(full / "last.pt", weights_only=False)["model"]
+    b = torch.load(part / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["data.train.path=/nonexistent/list.txt"], "/nonexistent/list.txt"),
+        (["modle.name=tiny-vit"], "model"),
+        (["loss.pp=0.5"], "loss.p"),
+        (["model.name=no-such-model"], "no-such-model"),
+    ],
+)
+def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
+    argv = ["train", *_common(tmp_path / "r"), *_split_args("list", dataset), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinlt: error:") and "\n" not in err and needle in err
+    assert "Traceback" not in err
+
+
+def test_data_inspect_json(dataset, capsys):
+    assert main(["data", "inspect", "--train-list", str(dataset / "train.txt"),
+                 "--classnames", str(dataset / "classnames.txt"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["num_classes"] == 3 and s["num_images"] == sum(TRAIN_COUNTS)
+    assert s["imbalance_ratio"] == pytest.approx(9 / 2)
+    assert s["groups"] == {"many": 0, "medium": 0, "few": 3}
