@@ -1,0 +1,45 @@
+"""``tinlt report`` and ``tinlt compare``: figures and pages for people, from run folders.
+
+Thin shells over :func:`tinlt.report.build_report` and :func:`tinlt.report.compare_runs`;
+matplotlib is imported only when one of them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict:
+    p = subparsers.add_parser(
+        "report",
+        help="figures + stand-alone HTML and Markdown report of a run (or eval) folder",
+        description="Write RUN_DIR/report/ (or --out): PNG figures, index.html and report.md.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder holding metrics.json (a training or eval run)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
+
+    p = subparsers.add_parser(
+        "compare",
+        help="one table and one overlaid per-class accuracy plot for several runs",
+        description="Write compare.md, compare.csv and per_class_accuracy.png for the given runs.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: compare/ in the runs' common parent)")
+    return {"report": _cmd_report, "compare": _cmd_compare}
+
+
+def _cmd_report(a) -> int:
+    from ..report import build_report
+
+    dest = build_report(a.run_dir, out=a.out)
+    print(f"report: {dest / 'index.html'}")
+    return 0
+
+
+def _cmd_compare(a) -> int:
+    from ..report import compare_runs
+
+    dest = compare_runs(a.run_dirs, out=a.out)
+    print((dest / "compare.md").read_text().split("\n![", 1)[0].rstrip())
+    print(f"\ncompare: {dest / 'compare.md'}, {dest / 'compare.csv'}, {dest / 'per_class_accuracy.png'}")
+    return 0
