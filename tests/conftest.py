@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny generated image dataset in list, folder and CSV form."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["red thing", "green thing", "blue thing"]
+TRAIN_COUNTS = [9, 5, 2]
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+
+
+def _write_images(root: Path, counts, seed=0) -> list[tuple[str, int]]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for c, n in enumerate(counts):
+        d = root / CLASSES[c].replace(" ", "_")
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.clip(np.array(COLOURS[c]) + rng.integers(-25, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+            p = d / f"img {i}.png"  # a space in the name on purpose
+            Image.fromarray(arr).save(p)
+            items.append((str(p.relative_to(root)), c))
+    return items
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train = _write_images(root / "train", TRAIN_COUNTS, seed=0)
+    test = _write_images(root / "test", [3, 3, 3], seed=1)
+    (root / "classnames.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(CLASSES)))
+    for name, items in (("train", train), ("test", test)):
+        (root / f"{name}.txt").write_text("".join(f"{name}/{p} {y}\n" for p, y in items))
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "class_name"])
+            for p, y in items:
+                w.writerow([f"{name}/{p}", CLASSES[y]])
+    return root
+
+
+def common_args(out: Path) -> list[str]:
+    return [
+        "model.name=tiny-vit",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=4",
+        "optim.lr=1e-3",
+        "optim.name=adamw",
+        "optim.epochs=2",
+        "train.eval_batch_size=8",
+        f"train.output_dir={out}",
+        "train.quiet=true",
+        "train.report=false",  # reports have their own tests
+    ]
+
+
+def split_args(kind: str, root: Path) -> list[str]:
+    if kind == "list":
+        cn = root / "classnames.txt"
+        return [
+            "data.train.kind=list", f"data.train.path={root / 'train.txt'}", f"data.train.classnames={cn}",
+            "data.test.kind=list", f"data.test.path={root / 'test.txt'}", f"data.test.classnames={cn}",
+        ]
+    if kind == "folder":
+        return [
+            "data.train.kind=folder", f"data.train.path={root / 'train'}",
+            "data.test.kind=folder", f"data.test.path={root / 'test'}",
+        ]
+    cn = root / "classnames.txt"
+    return [
+        "data.train.kind=csv", f"data.train.path={root / 'train.csv'}", f"data.train.classnames={cn}",
+        "data.test.kind=csv", f"data.test.path={root / 'test.csv'}", f"data.test.classnames={cn}",
+    ]
+
+

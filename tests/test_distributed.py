@@ -1,0 +1,69 @@
+"""DDP on CPU: 2 gloo processes under torchrun vs 1 process with the same global batch.
+
+Same samples per optimizer step (EpochOrder shards one global order by rank), gradients
+averaged by DDP, so weights and metrics must agree up to float summation order; the
+evaluation must count every test image exactly once (no DistributedSampler padding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import common_args, split_args
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_two_processes_match_one(dataset, tmp_path):
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    # 16 train images, global batch 4 -> 4 steps per epoch; seesaw with online counts summed across ranks
+    # SGD, not Adam: Adam turns float noise on exactly-zero gradients (e.g. attention key biases)
+    # into full lr-sized steps, which would hide real differences behind summation order
+    base = [*split_args("folder", dataset), "optim.epochs=2", "loss.name=seesaw", "loss.online=true",
+            "data.augment=none", "optim.name=sgd", "optim.lr=0.05"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    args_one = [a for a in common_args(one) if not a.startswith("optim.batch_size")] + ["optim.batch_size=4"]
+    args_two = [a for a in common_args(two) if not a.startswith("optim.batch_size")] + ["optim.batch_size=2"]
+    r1 = subprocess.run([sys.executable, "-m", "tinlt", "train", *args_one, *base],
+                        env=_env(), capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "tinlt", "train",
+                         *args_two, *base], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+
+    run2 = json.loads((two / "run.json").read_text())
+    assert run2["world_size"] == 2 and run2["per_device_batch"] == 2 and run2["global_batch"] == 4
+
+    a = torch.load(one / "last.pt", weights_only=False)
+    b = torch.load(two / "last.pt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # seesaw's online counts: every rank saw its shard, the sum is the whole epoch twice
+    cum_a, cum_b = a["loss"]["cum_samples"], b["loss"]["cum_samples"]
+    assert torch.equal(cum_a, cum_b)
+    assert cum_a.sum().item() == 2 * 16
+
+    m1 = json.loads((one / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    # 9 test images, an odd number: a padded sampler would count one twice
+    assert m2["num_samples"] == 9 and np.array(m2["confusion"]).sum() == 9
+    assert sorted(m2["predictions"]["index"]) == list(range(9))
+    assert m1["confusion"] == m2["confusion"]
+    assert m1["overall"] == pytest.approx(m2["overall"])
