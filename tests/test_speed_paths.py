@@ -1,0 +1,178 @@
+"""Speed paths of the trainer that must not change results: the class-text cache, exact
+text truncation, torch.compile, persistent DataLoader workers and channels-last."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinlt.config import load_config
+from tinlt.engine.trainer import is_convolutional, train
+from tinlt.models.clip_towers import OpenCLIPTextTower
+from tinlt.models.factory import create_model
+
+CLASSES = ["red", "green", "blue"]
+EPOCHS, STEPS_PER_EPOCH = 2, 3  # 12 training images, batch 4
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for c, colour in enumerate(([200, 30, 30], [30, 200, 30], [30, 30, 200])):
+            d = root / split / CLASSES[c]
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(np.array(colour) + rng.integers(-40, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+def _cfg(folder, out, *extra):
+    return load_config(None, [
+        "model.name=tiny-vit", "model.freeze_image=true", "data.image_size=32", "data.augment=paper",
+        "data.num_workers=0", "optim.batch_size=4", "optim.lr=1e-2", "optim.name=adamw",
+        f"optim.epochs={EPOCHS}", "train.eval_batch_size=8", "train.quiet=true", f"train.output_dir={out}",
+        "data.train.kind=folder", f"data.train.path={folder / 'train'}",
+        "data.test.kind=folder", f"data.test.path={folder / 'test'}", *extra,
+    ])
+
+
+def _count_text(mp: pytest.MonkeyPatch) -> list:
+    calls: list = []
+    original = OpenCLIPTextTower.forward
+
+    def counted(self, tokens):
+        calls.append(tuple(tokens.shape))
+        return original(self, tokens)
+
+    mp.setattr(OpenCLIPTextTower, "forward", counted)
+    return calls
+
+
+def _compile_aot_eager(mp: pytest.MonkeyPatch) -> list:
+    """torch.compile as the trainer calls it, but with the aot_eager backend (dynamo traces
+    the forward and AOTAutograd the backward, no C++ compiler needed)."""
+    compiled: list = []
+    real = torch.compile
+
+    def compile_(model, **kwargs):
+        compiled.append(type(model).__name__)
+        return real(model, backend="aot_eager", **kwargs)
+
+    mp.setattr(torch, "compile", compile_)
+    return compiled
+
+
+RUNS = {
+    "frozen": ("model.freeze_text=true",),
+    "trains": ("model.freeze_text=false",),
+    "full_context": ("model.freeze_text=false", "model.truncate_text=false"),
+    "workers": ("model.freeze_text=true", "data.num_workers=2"),
+    "compiled": ("model.freeze_text=true", "train.compile=true"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(folder, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tinlt.report.build_report", lambda out: Path(out))  # not under test; seconds per run
+        for name, extra in RUNS.items():
+            with pytest.MonkeyPatch.context() as run_mp:
+                calls = _count_text(run_mp)
+                compiled = _compile_aot_eager(run_mp)
+                metrics = train(_cfg(folder, base / name, *extra))
+            log = [json.loads(line) for line in (base / name / "log.jsonl").read_text().splitlines()]
+            weights = torch.load(base / name / "last.pt", weights_only=False)["model"]
+            results[name] = {"metrics": metrics, "calls": calls, "log": log, "weights": weights, "compiled": compiled}
+    return results
+
+
+def test_frozen_text_tower_runs_once_per_run(runs):
+    # once for all training steps and per-epoch evaluations, once more after best.pt is loaded
+    assert len(runs["frozen"]["calls"]) == 2
+    # a training text tower runs every step, plus once per evaluation (2 epochs + final test)
+    assert len(runs["trains"]["calls"]) == EPOCHS * STEPS_PER_EPOCH + EPOCHS + 1
+
+
+def test_truncated_and_full_context_train_alike(runs):
+    short, full = runs["trains"], runs["full_context"]
+    assert max(c[1] for c in short["calls"]) < 77  # prompt tokens cut after the longest prompt's EOT
+    assert {c[1] for c in full["calls"]} == {77}
+    for a, b in zip(short["log"], full["log"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert short["metrics"]["predictions"]["pred"] == full["metrics"]["predictions"]["pred"]
+    np.testing.assert_allclose(short["metrics"]["predictions"]["confidence"],
+                               full["metrics"]["predictions"]["confidence"], atol=1e-5)
+
+
+def test_persistent_workers_keep_the_exact_sample_order_and_augmentation(runs):
+    # random crops/flips per sample seed: 2 persistent workers reproduce the in-process run bit for bit
+    a, b = runs["frozen"]["weights"], runs["workers"]["weights"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_compiled_training_matches_eager(runs):
+    eager, compiled = runs["frozen"], runs["compiled"]
+    assert compiled["compiled"] == ["TIN"] and eager["compiled"] == []
+    assert len(compiled["calls"]) == 2  # the text cache stays outside the graph and still hits
+    for a, b in zip(eager["log"], compiled["log"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    np.testing.assert_allclose(compiled["metrics"]["predictions"]["confidence"],
+                               eager["metrics"]["predictions"]["confidence"], atol=1e-5)
+
+
+def test_compiled_forward_with_training_text_tower_matches_eager():
+    torch.manual_seed(0)
+    model = create_model({"name": "tiny-vit"}, CLASSES, image_size=32).train()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend="aot_eager")
+    grads = []
+    for fn in (model, compiled):
+        model.zero_grad(set_to_none=True)
+        logits = fn(x)
+        logits.logsumexp(-1).sum().backward()
+        grads.append((logits.detach(), model.text_tower.transformer.resblocks[0].mlp.c_fc.weight.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(os.environ.get("TINLT_TEST_INDUCTOR") != "1",
+                    reason="inductor builds C++ kernels with gcc: about a minute on a 2-core CPU; "
+                           "set TINLT_TEST_INDUCTOR=1 to run")
+def test_inductor_compiles_the_model():
+    torch.manual_seed(0)
+    model = create_model({"name": "tiny-vit", "freeze_text": True}, CLASSES, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            out = compiled(x)
+    except Exception as e:  # no compiler, unsupported CPU build
+        pytest.skip(f"torch.compile (inductor) unavailable here: {type(e).__name__}: {str(e).splitlines()[0]}")
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
+
+
+def test_channels_last_only_for_convolutional_towers():
+    rn = create_model({"name": "tiny-rn", "freeze_text": True}, CLASSES).eval()
+    vit = create_model({"name": "tiny-vit", "freeze_text": True}, CLASSES, image_size=32)
+    assert is_convolutional(rn.image_tower) and not is_convolutional(vit.image_tower)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = rn(x)
+        rn.to(memory_format=torch.channels_last)  # what the trainer does on CUDA
+        after = rn(x.contiguous(memory_format=torch.channels_last))
+    params_4d = [p for p in rn.parameters() if p.ndim == 4]
+    assert params_4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in params_4d)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
