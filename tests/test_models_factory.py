@@ -1,6 +1,7 @@
 """Model factory: config -> TIN, name resolution, transforms, errors."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -147,3 +148,19 @@ def test_full_config_defaults_are_accepted():
     cfg = OmegaConf.structured(Config)
     cfg.model.name = "tiny-vit"
     assert isinstance(create_model(cfg.model, CLASSES), TIN)
+
+
+def test_freeze_token_embeddings_fixes_only_the_vocabulary_table():
+    import json
+
+    from tinlt.models.factory import create_model
+
+    spec = json.loads((Path(__file__).parents[1] / "src/tinlt/models/model_configs/tiny-vit.json").read_text())
+    vocab, width = spec["text_cfg"]["vocab_size"], spec["text_cfg"]["width"]
+    full = create_model({"name": "tiny-vit"}, ["cat", "dog"])
+    lean = create_model({"name": "tiny-vit", "freeze_token_embeddings": True}, ["cat", "dog"])
+    n = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert n(full) - n(lean) == vocab * width
+    frozen = [name for name, p in lean.named_parameters() if not p.requires_grad]
+    assert frozen == [name for name in frozen if "token_embedding" in name] and frozen
+    assert lean.text_tower is not None and lean.logit_scale.requires_grad

@@ -42,9 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zeroshot", help="classify by prompts with frozen towers, no training")
     _add_config_args(p)
 
-    p = sub.add_parser("predict", help="top-k classes for images or folders")
+    p = sub.add_parser("predict", help="top-k classes for images or folders (checkpoint, or ONNX without torch)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--checkpoint", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a tinlt checkpoint (needs torch)")
+    src.add_argument("--model", help="an ONNX file from 'tinlt export' (numpy + onnxruntime only)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="preds.csv or preds.json (default: table to the terminal)")
@@ -69,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST IDX files")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     p.add_argument("--quiet", "-q", action="store_true")
+
+    from .commands import register_all
+
+    PLUGIN_COMMANDS.update(register_all(sub))
     return ap
 
 
@@ -112,13 +118,28 @@ def _cmd_zeroshot(a) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .predict import format_predictions, predict_paths, write_predictions
+    # onnx_predict is torch-free: the --model path must never import torch
+    from .onnx_predict import OnnxClassifier, format_predictions, write_predictions
 
-    rows = predict_paths(a.checkpoint, a.inputs, topk=a.topk, batch_size=a.batch_size)
-    if a.out:
-        print(f"wrote {write_predictions(rows, a.out)} ({len(rows)} images)")
+    if a.topk < 1 or a.batch_size < 1:
+        raise TinltError("--topk and --batch-size must be >= 1")
+    if a.out and not a.out.lower().endswith((".csv", ".json")):
+        raise TinltError(f"--out must end in .csv or .json, got {a.out}")
+    if a.model:
+        rows = OnnxClassifier(a.model).predict(a.inputs, topk=a.topk, batch_size=a.batch_size)
     else:
-        print(format_predictions(rows))
+        from .predict import predict_paths
+
+        rows = predict_paths(a.checkpoint, a.inputs, topk=a.topk, batch_size=a.batch_size)
+    decided = next((r["prediction"] for r in rows if "prediction" in r), None)
+    note = ""
+    if decided:
+        pos = decided["positive"]
+        note = f"decision threshold applied: '{pos}' when P({pos}) >= {decided['threshold']:.6g}, not argmax"
+    if a.out:
+        print(f"wrote {write_predictions(rows, a.out)} ({len(rows)} images)" + (f"; {note}" if note else ""))
+    else:
+        print((f"# {note}\n" if note else "") + format_predictions(rows))
     return 0
 
 
@@ -154,6 +175,8 @@ def _cmd_demo(a) -> int:
     return 0
 
 
+PLUGIN_COMMANDS: dict = {}  # filled by tinlt.commands modules when the parser is built
+
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -170,7 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tune_allocator()
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        handler = COMMANDS.get(args.cmd) or PLUGIN_COMMANDS[args.cmd]
+        return handler(args)
     except TinltError as e:
         print(f"tinlt: error: {e}", file=sys.stderr)
         return 2
@@ -178,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("tinlt: interrupted", file=sys.stderr)
         return 130
     except Interrupted as e:
-        print(f"tinlt: {e}; continue with --resume", file=sys.stderr)
+        print(f"tinlt: {e}; continue with: tinlt train --resume {e.path}", file=sys.stderr)
         return 128 + e.signum
 
 if __name__ == "__main__":

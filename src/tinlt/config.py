@@ -60,6 +60,8 @@ class DataConfig:
     many_threshold: int = 100  # many: count > many_threshold
     few_threshold: int = 20  # few: count < few_threshold
     groups: str = "auto"  # absolute | relative (2 classes: common = many, rare = few) | auto
+    validate: bool = True  # check every file up front (exists, non-empty, image header); report in the run folder
+    strict: bool = False  # any bad sample fails the run before training; default: skip it and report it
 
 
 @dataclass
@@ -78,11 +80,19 @@ class ModelConfig:
     pretrained_image: bool = True  # offline towers: load packaged weights per tower
     pretrained_text: bool = True
     grad_checkpointing: bool = False
+    # keep the text tower's vocabulary table fixed: a few prompts touch a handful of its rows,
+    # yet a dense optimizer update of all of them (25M values for CLIP) costs every step
+    freeze_token_embeddings: bool = False
+    # two-stage (cRT, Kang et al. 2020; see tinlt/two_stage.py)
+    init_from: str = ""  # tinlt checkpoint (or run folder) to load weights from, non-strictly, before training
+    reinit_head: bool = False  # linear head: fresh init after init_from
+    freeze_features: bool = False  # train only the classifier: the whole image path (tower, attention) is frozen
 
 
 @dataclass
 class LossConfig:
-    name: str = "seesaw"  # seesaw | ce | focal | cb_ce | cb_focal | balanced_softmax | logit_adjust | ldam
+    name: str = "seesaw"  # seesaw | ce | focal | cb_ce | cb_focal | balanced_softmax | logit_adjust | ldam | contrastive
+    contrastive_weight: float = 0.0  # text head: add this times the image-text contrastive loss to the loss above
     p: float = 0.7  # seesaw mitigation exponent: (N_j/N_i)^p for rarer negatives
     q: float = 0.0  # seesaw compensation exponent (0 = off)
     online: bool = False  # seesaw: accumulate class counts from training batches instead of the split prior
@@ -112,6 +122,10 @@ class OptimConfig:
     batch_size: int = 128  # per device
     accum_steps: int = 1
     grad_clip: float = 0.0  # 0 = off
+    # lr is for a global batch of lr_base_batch; with more devices or accumulation the lr used is
+    # lr * (global/base) ("linear") or lr * sqrt(global/base) ("sqrt"); "none" uses lr as given
+    lr_scaling: str = "none"
+    lr_base_batch: int = 128
 
 
 @dataclass
@@ -124,9 +138,17 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
     save_every_steps: int = 0  # mid-epoch checkpoints; 0 = once per epoch
     eval_batch_size: int = 256
-    channels_last: bool = True  # CUDA only: faster convolutions for conv towers
-    compile: bool = False  # torch.compile the model (CUDA)
+    channels_last: bool = True  # CUDA only: channels-last memory for convolutional image towers
+    compile: bool = False  # torch.compile the training forward (slow first steps; pays off on long CUDA runs)
+    # frozen image tower: keep its outputs on disk (engine/feature_cache.py); "" = off,
+    # "auto" = $XDG_CACHE_HOME/tinlt/features (~/.cache/tinlt/features), or a folder
+    feature_cache: str = ""
     quiet: bool = False
+    report: bool = True  # write RUN_DIR/report (figures, HTML, Markdown) when training ends
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs: pip install tinlt[tensorboard])
+    # evaluation-time classifier adjustments (tinlt/two_stage.py), applied in every evaluation
+    posthoc_tau: float = 0.0  # post-hoc logit adjustment: logits - tau * log(train prior); 0 = off
+    tau_norm: Optional[float] = None  # linear head: tau-normalise the weight rows w_c / ||w_c||^tau, bias dropped
 
 
 @dataclass
@@ -235,6 +257,7 @@ _CHOICES = {
     "data.groups": ("auto", "absolute", "relative"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "constant"),
+    "optim.lr_scaling": ("none", "linear", "sqrt"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
 }
 
@@ -251,10 +274,35 @@ def validate(cfg: DictConfig) -> None:
             raise TinltError(f"config key '{key}' = {val!r}; expected one of: {', '.join(allowed)}")
     if cfg.optim.epochs < 1 and cfg.train.max_steps < 1:
         raise TinltError("config key 'optim.epochs' must be >= 1")
+    if not 0 < cfg.optim.lr < 3.4e38:  # beyond float32 the optimizer itself fails
+        raise TinltError(f"config key 'optim.lr' = {cfg.optim.lr}; expected a positive learning rate below 3.4e38")
     if cfg.optim.batch_size < 1:
         raise TinltError("config key 'optim.batch_size' must be >= 1")
     if cfg.data.few_threshold > cfg.data.many_threshold + 1:
         raise TinltError("config keys 'data.few_threshold' must be <= 'data.many_threshold' + 1")
+    _validate_classifier_options(cfg)
+
+
+def _validate_classifier_options(cfg: DictConfig) -> None:
+    """Options that only make sense for one head type (see tinlt/two_stage.py, losses.ContrastiveLoss)."""
+    head = cfg.model.head
+    if cfg.train.tau_norm is not None and head != "linear":
+        raise TinltError(
+            "config key 'train.tau_norm' needs model.head=linear: the text head's classifier rows are "
+            "L2-normalised text features already, so tau-normalisation would change nothing"
+        )
+    if cfg.model.reinit_head and head != "linear":
+        raise TinltError("config key 'model.reinit_head' needs model.head=linear (the text head has no weights of its own)")
+    uses_contrastive = cfg.loss.name == "contrastive" or cfg.loss.contrastive_weight != 0
+    if uses_contrastive and head != "text":
+        raise TinltError("the contrastive loss (loss.name=contrastive or loss.contrastive_weight) needs model.head=text")
+    if cfg.loss.contrastive_weight < 0:
+        raise TinltError(f"config key 'loss.contrastive_weight' must be >= 0, got {cfg.loss.contrastive_weight}")
+    if cfg.loss.name == "contrastive" and cfg.loss.contrastive_weight != 0:
+        raise TinltError(
+            "config key 'loss.contrastive_weight' adds the contrastive term to another loss; "
+            "with loss.name=contrastive leave it at 0"
+        )
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -94,7 +94,8 @@ def run_demo(
             if reused:
                 echo(f"   (reused finished run in {run_dir})", quiet=quiet)
             rows.append((f"{v}: {label}", m, secs))
-            _write_report(cfg, run_dir, m)
+            if reused and not (run_dir / "report" / "index.html").is_file():
+                _write_report(run_dir)
     table = comparison_table(rows)
     summary = Path(out) / "summary.md"
     summary.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +105,10 @@ def run_demo(
     return rows
 
 
-def _write_report(cfg, run_dir: Path, metrics: dict) -> None:
-    """A short per-run report; the full one (figures, HTML) comes from tinlt.report when present."""
-    try:
-        from .report import build_report  # noqa: WPS433
-    except ImportError:
-        return
+def _write_report(run_dir: Path) -> None:
+    """Training writes the report; a reused run from an older version may lack one."""
+    from .report import build_report
+
     try:
         build_report(run_dir)
     except TinltError as e:

@@ -8,6 +8,9 @@ Class counts always come from the training split. Priors and per-class constants
 non-persistent buffers (rebuilt from the data at start-up); the one piece of learned
 state, seesaw's online ``cum_samples``, is persisted in the state dict.
 
+``ContrastiveLoss`` is TIN's image-text objective (its eq. 2) computed from the same
+logits; ``loss.contrastive_weight`` adds it to any of the losses (``WithContrastive``).
+
 ``build_loss(cfg.loss, class_counts)`` maps the ``loss.name`` config value to a module.
 """
 
@@ -35,6 +38,8 @@ __all__ = [
     "BalancedSoftmaxLoss",
     "LogitAdjustedLoss",
     "LDAMLoss",
+    "ContrastiveLoss",
+    "WithContrastive",
     "class_balanced_weights",
     "logit_adjust",
     "build_loss",
@@ -346,14 +351,81 @@ class LDAMLoss(BaseLoss):
         return f"max_margin={self.max_margin}, s={self.s}, drw_epoch={self.drw_epoch}, drw_beta={self.drw_beta}"
 
 
-LOSS_NAMES = ("seesaw", "ce", "focal", "cb_ce", "cb_focal", "balanced_softmax", "logit_adjust", "ldam")
+class ContrastiveLoss(BaseLoss):
+    """Symmetric image-text InfoNCE over the batch, class prompts as the texts (TIN eq. 2).
+
+    CLIP's objective (Radford et al. 2021) with each image paired to its class prompt. It
+    is computed from the TIN logits ``z (B, C) = scale * cos(image_b, prompt_c)``, restricted
+    to the set P of classes present in the batch (the batch's "captions"):
+
+    * image -> text: cross-entropy of each image over the present prompts,
+      ``-log(e^{z_{b,y_b}} / sum_{c in P} e^{z_{b,c}})``, averaged over images;
+    * text -> image: for each present class c a softmax over the batch's images,
+      ``log p_c(b) = z_{b,c} - log sum_{b'} e^{z_{b',c}}``. All images of class c are
+      positives; the class's loss is minus the *mean* of their log-probabilities (the
+      "L_out" form of supervised contrastive learning, Khosla et al. 2020, which trained
+      better there than minus the log of their summed probability); averaged over P.
+
+    loss = (image->text + text->image) / 2. With one image per class in the batch this is
+    exactly CLIP's loss. Under DDP the batch is each rank's own (no gather).
+    """
+
+    def __init__(self, num_classes: Optional[int] = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = _check_inputs(logits, targets, self.num_classes or logits.shape[-1])
+        present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        present[targets] = True
+        image_to_text = F.cross_entropy(logits.masked_fill(~present[None, :], float("-inf")), targets)
+        classes = present.nonzero().squeeze(1)
+        log_p = logits[:, classes].log_softmax(dim=0)  # (B, P): softmax over images, per prompt
+        positive = (targets[:, None] == classes[None, :]).to(log_p.dtype)
+        text_to_image = (-(log_p * positive).sum(0) / positive.sum(0)).mean()
+        return 0.5 * (image_to_text + text_to_image)
+
+
+class WithContrastive(BaseLoss):
+    """``base(logits, targets) + weight * ContrastiveLoss(logits, targets)`` (``loss.contrastive_weight``)."""
+
+    def __init__(self, base: BaseLoss, weight: float) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise TinltError(f"config key 'loss.contrastive_weight' must be >= 0, got {weight}")
+        self.base = base
+        self.contrastive = ContrastiveLoss(num_classes=getattr(base, "num_classes", None))
+        self.weight = float(weight)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.base(logits, targets) + self.weight * self.contrastive(logits, targets)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+LOSS_NAMES = (
+    "seesaw", "ce", "focal", "cb_ce", "cb_focal", "balanced_softmax", "logit_adjust", "ldam", "contrastive",
+)
 
 
 def build_loss(loss_cfg: Any, class_counts: Counts) -> BaseLoss:
     """Build the loss named by ``loss_cfg.name`` (a ``LossConfig`` or its OmegaConf node).
 
     ``class_counts``: training-split samples per class (their length fixes C).
+    A non-zero ``loss_cfg.contrastive_weight`` adds the contrastive term (:class:`WithContrastive`).
     """
+    loss = _build_base_loss(loss_cfg, class_counts)
+    weight = float(getattr(loss_cfg, "contrastive_weight", 0.0) or 0.0)
+    if weight and loss_cfg.name == "contrastive":
+        raise TinltError("config key 'loss.contrastive_weight' must stay 0 with loss.name=contrastive")
+    return WithContrastive(loss, weight) if weight else loss
+
+
+def _build_base_loss(loss_cfg: Any, class_counts: Counts) -> BaseLoss:
     name = loss_cfg.name
     counts = _as_counts(class_counts)
     if name not in LOSS_NAMES:
@@ -373,6 +445,8 @@ def build_loss(loss_cfg: Any, class_counts: Counts) -> BaseLoss:
         return BalancedSoftmaxLoss(counts)
     if name == "logit_adjust":
         return LogitAdjustedLoss(counts, tau=loss_cfg.tau)
+    if name == "contrastive":
+        return ContrastiveLoss(num_classes=len(counts))
     return LDAMLoss(
         counts,
         max_margin=loss_cfg.max_margin,

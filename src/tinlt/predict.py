@@ -38,11 +38,14 @@ def predict_paths(checkpoint: str | Path, inputs: Sequence[str | Path], topk: in
     from .engine.inference import load_model
     from .engine.progress import progress
     from .engine.trainer import make_transforms
+    from .onnx_predict import threshold_rule
 
     model, cfg, ckpt = load_model(checkpoint)
     _, tf = make_transforms(model, cfg)
     classnames = ckpt["classnames"]
     k = min(topk, len(classnames))
+    # a calibrated two-class checkpoint decides by its threshold (tinlt calibrate), not argmax
+    rule = threshold_rule(ckpt.get("threshold"), ckpt.get("threshold_info"), classnames)
     text = model.class_text_features() if model.uses_text_head else None
     paths = collect_images(inputs)
     rows: list[dict] = []
@@ -58,13 +61,18 @@ def predict_paths(checkpoint: str | Path, inputs: Sequence[str | Path], topk: in
             continue
         probs = model(torch.stack(batch), text_features=text).float().softmax(-1)
         top_p, top_i = probs.topk(k, dim=-1)
-        for p, ps, idx in zip(kept, top_p.tolist(), top_i.tolist()):
+        decided = rule.decide(probs.cpu().numpy()) if rule is not None else None
+        for n, (p, ps, idx) in enumerate(zip(kept, top_p.tolist(), top_i.tolist())):
             rows.append(
                 {
                     "path": str(p),
                     "topk": [{"class": classnames[i], "index": i, "score": round(s, 6)} for s, i in zip(ps, idx)],
                 }
             )
+            if decided is not None:
+                c = int(decided[n])
+                rows[-1]["prediction"] = {"class": classnames[c], "index": c, "threshold": rule.value,
+                                          "positive": rule.positive_name}
     return rows
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -49,7 +49,10 @@ def predict_loader(
     keep_scores_up_to: int = 16,
     desc: str = "eval",
     quiet: bool = False,
+    logit_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> Predictions:
+    """``logit_transform`` (e.g. post-hoc logit adjustment, tinlt/two_stage.py) maps each batch's
+    fp32 logits before the softmax; predictions and confidences follow the transformed logits."""
     core = getattr(model, "module", model)
     was_training = core.training
     core.eval()
@@ -59,7 +62,10 @@ def predict_loader(
         images = images.to(device, non_blocking=True)
         with autocast_for(device, amp):
             logits = core(images, text_features=text_features)
-        probs = logits.float().softmax(dim=-1)
+        logits = logits.float()
+        if logit_transform is not None:
+            logits = logit_transform(logits)
+        probs = logits.softmax(dim=-1)
         conf, pred = probs.max(dim=-1)
         idx_l.append(np.asarray(indices))
         tgt_l.append(targets.numpy())

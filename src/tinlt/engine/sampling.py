@@ -63,9 +63,12 @@ class EpochOrder(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self.order()
-        base_seed = (self.seed * _SEED_STRIDE + self.epoch) * 7919 + self.rank
+        base_seed = (self.seed * _SEED_STRIDE + self.epoch) * 7919
         for pos in range(self.start, len(order)):
-            yield int(order[pos]), int((base_seed * 1_000_033 + pos) % (2**63 - 1))
+            # seeded by the position in the global (all-rank) order, so N processes draw the
+            # same augmentations as one process with the same global batch
+            global_pos = pos * self.world_size + self.rank
+            yield int(order[pos]), int((base_seed * 1_000_033 + global_pos) % (2**63 - 1))
 
     def __len__(self) -> int:
         return max(0, len(self.order()) - self.start)
@@ -101,7 +104,12 @@ class SeededDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         if isinstance(key, tuple):
             index, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            # the CPU generator alone: torch.manual_seed also visits CUDA/MPS/XPU and costs ~1 ms
+            gen = torch.default_generator
+            saved = gen.get_state()
+            gen.manual_seed(seed)
+            try:
                 return self.dataset[index]
+            finally:
+                gen.set_state(saved)
         return self.dataset[key]

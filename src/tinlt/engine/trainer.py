@@ -34,6 +34,7 @@ from ..errors import Interrupted, TinltError
 from . import checkpoint as ckpt_io
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .evaluate import autocast_for, metrics_from_predictions, predict_loader
+from .feature_cache import feature_store_for
 from .progress import echo, progress, set_quiet
 from .sampling import EpochOrder, SeededDataset, Shard
 
@@ -48,6 +49,11 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TinltError(f"config key 'train.device' = {name!r} but no CUDA device is available")
     return dev
+
+
+def is_convolutional(tower: torch.nn.Module) -> bool:
+    """A CNN tower (channels-last helps its convolutions); a ViT's one patch-embedding conv does not count."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in tower.modules()) > 1
 
 
 def seed_everything(seed: int) -> None:
@@ -77,18 +83,33 @@ class DataBundle:
     classnames: list
     train_counts: np.ndarray
     groups: dict
-    skipped: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (item, reason) removed by the up-front data check
+    check: Optional[object] = None  # tinlt.data.validate.DataCheck, when data.validate is on
 
 
 def build_data(cfg: DictConfig) -> DataBundle:
+    """Load the splits, then check them up front (``data.validate``): bad samples are skipped
+    and listed in ``<output_dir>/data_report.txt``, or fail the run if ``data.strict``."""
     from ..data.build import build_split, check_same_classes
     from ..data.groups import shot_groups
+    from ..data.validate import print_summary, validate_data
 
     train = build_split(cfg.data.train)
     if train is None:
         raise TinltError("config key 'data.train.kind' is empty: a training split is required")
     val = build_split(cfg.data.val)
     test = build_split(cfg.data.test)
+    check = None
+    if cfg.data.get("validate", True):
+        is_main = os.environ.get("RANK", "0") == "0"  # every rank cleans alike; one writes the report
+        check = validate_data(
+            {"data.train": train, "data.val": val, "data.test": test},
+            out_dir=cfg.train.output_dir if is_main else None,
+            strict=bool(cfg.data.get("strict", False)),
+        )
+        train, val, test = (check.samples(k) for k in ("data.train", "data.val", "data.test"))
+        if is_main:
+            print_summary(check, quiet=cfg.train.quiet)
     for name, other in (("val", val), ("test", test)):
         if other is not None:
             check_same_classes(train, other, f"data.{name}")
@@ -99,7 +120,8 @@ def build_data(cfg: DictConfig) -> DataBundle:
     groups = shot_groups(
         counts, many_threshold=cfg.data.many_threshold, few_threshold=cfg.data.few_threshold, mode=cfg.data.groups
     )
-    return DataBundle(train, evaluation, test, eval_name, list(train.classnames), counts, groups)
+    skipped = check.skipped if check is not None else []
+    return DataBundle(train, evaluation, test, eval_name, list(train.classnames), counts, groups, skipped, check)
 
 
 def make_transforms(model, cfg: DictConfig):
@@ -112,23 +134,38 @@ def make_transforms(model, cfg: DictConfig):
     return train_tf, eval_tf
 
 
-def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo, device: torch.device) -> DataLoader:
+def eval_loader(
+    samples, transform, cfg: DictConfig, dist_info: DistInfo, device: torch.device, features=None
+) -> DataLoader:
+    """``features``: a FeatureStore (engine/feature_cache.py) to read the image tower's outputs from."""
     from ..data.dataset import ImageDataset
 
-    ds = ImageDataset(samples, transform)
+    ds = features.dataset(samples, desc="eval") if features is not None else ImageDataset(samples, transform)
     return DataLoader(
         ds,
         batch_size=cfg.train.eval_batch_size,
         sampler=Shard(len(ds), dist_info.rank, dist_info.world_size),
-        num_workers=cfg.data.num_workers,
+        num_workers=0 if features is not None else cfg.data.num_workers,
+        collate_fn=getattr(ds, "collate_fn", None),
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
     )
 
 
-def build_optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
+def effective_lr(optim_cfg, global_batch: int) -> float:
+    """The base lr after the explicit batch-size scaling rule (``optim.lr_scaling``)."""
+    ratio = global_batch / optim_cfg.lr_base_batch
+    if optim_cfg.lr_scaling == "linear":
+        return optim_cfg.lr * ratio
+    if optim_cfg.lr_scaling == "sqrt":
+        return optim_cfg.lr * math.sqrt(ratio)
+    return optim_cfg.lr
+
+
+def build_optimizer(model, cfg: DictConfig, global_batch: Optional[int] = None) -> torch.optim.Optimizer:
     o = cfg.optim
+    base_lr = effective_lr(o, global_batch or o.batch_size * o.accum_steps)
     mult = {"image": 1.0, "text": o.lr_text_mult, "new": o.lr_new_mult}
     groups = []
     for name, params in model.param_groups().items():
@@ -137,12 +174,12 @@ def build_optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
         no_decay = [p for p in params if p.ndim < 2]  # norms, biases, gates, logit scale
         for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0)):
             if ps:
-                groups.append({"params": ps, "lr": o.lr * mult[name], "weight_decay": wd, "name": name})
+                groups.append({"params": ps, "lr": base_lr * mult[name], "weight_decay": wd, "name": name})
     if not groups:
         raise TinltError("nothing to train: both towers are frozen and the model has no new parameters")
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.SGD(groups, lr=base_lr, momentum=o.momentum)
+    return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(o.betas))
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str):
@@ -243,6 +280,7 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
     from ..data.samplers import build_sampler
     from ..losses import build_loss
     from ..models.factory import create_model
+    from ..two_stage import eval_adjustments, prepare_model
 
     set_quiet(cfg.train.quiet)
     device = resolve_device(cfg.train.device)
@@ -267,16 +305,28 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
 
     seed_everything(cfg.train.seed + dist_info.rank)
     data = build_data(cfg)
+    if ckpt is not None and main and list(ckpt.get("train_counts", [])) != data.train_counts.tolist():
+        # e.g. a file went bad and is now skipped: the sample order differs, so resume is no longer exact
+        print(
+            f"tinlt: warning: training data changed since the checkpoint (class counts {ckpt.get('train_counts')} "
+            f"-> {data.train_counts.tolist()}); the resumed run will differ from an uninterrupted one",
+            file=sys.stderr,
+        )
     C = len(data.classnames)
     model = create_model(cfg.model, data.classnames, image_size=cfg.data.image_size).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    # two-stage set-up (model.init_from / reinit_head / freeze_features), see tinlt/two_stage.py
+    prepare_model(model, cfg.model, classnames=data.classnames, resuming=ckpt is not None,
+                  log=lambda msg: echo(msg) if main else None)
+    if device.type == "cuda" and cfg.train.channels_last and is_convolutional(model.image_tower):
         model = model.to(memory_format=torch.channels_last)
     train_tf, eval_tf = make_transforms(model, cfg)
     loss_fn = build_loss(cfg.loss, data.train_counts).to(device)
 
     # data loading
     train_ds = SeededDataset(ImageDataset(data.train, train_tf))
-    base_sampler = build_sampler(
+    # instance sampling shuffles inside EpochOrder, whose global order is the same for any
+    # number of processes; re-balancing samplers shard their own global order by rank
+    base_sampler = None if cfg.data.sampler == "instance" else build_sampler(
         cfg.data.sampler, data.train.labels, seed=cfg.train.seed, rank=dist_info.rank, world_size=dist_info.world_size
     )
     order = EpochOrder(
@@ -286,14 +336,17 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
     workers = cfg.data.num_workers
 
     def train_loader() -> DataLoader:
+        # built once: persistent workers survive epochs; the sampler (EpochOrder) is re-read
+        # in this process at every iter(), so set_epoch still takes effect
         return DataLoader(
             train_ds,
             batch_size=bs,
             sampler=order,
             num_workers=workers,
+            collate_fn=getattr(train_ds, "collate_fn", None),
             pin_memory=device.type == "cuda",
             drop_last=False,
-            persistent_workers=False,
+            persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(cfg.train.seed),  # leave the global RNG alone
             prefetch_factor=4 if workers > 0 else None,
         )
@@ -305,7 +358,8 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
         total_steps = min(total_steps, cfg.train.max_steps)
     warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
 
-    optimizer = build_optimizer(model, cfg)
+    global_batch = bs * accum * dist_info.world_size
+    optimizer = build_optimizer(model, cfg, global_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.optim.epochs, warmup_steps, cfg.optim.schedule)
     )
@@ -318,6 +372,8 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
+    if cfg.train.compile:  # the training forward only; evaluation runs the eager model
+        train_model = torch.compile(train_model)
 
     epoch, batch_in_epoch, global_step = 0, 0, 0
     best_score, history = -1.0, []
@@ -335,9 +391,18 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
         loss_sum, n_seen = ckpt["epoch_loss"]
         _set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
 
+    # a fixed image path: its outputs come from disk (train.feature_cache; engine/feature_cache.py),
+    # for training only without random augmentation; weights are final here (init_from, resume)
+    features = feature_store_for(model, cfg, transform=eval_tf, device=device, is_main=main, barrier=barrier)
+    if features is not None and cfg.data.augment == "none":
+        train_ds, workers = features.dataset(data.train, desc="train"), 0  # no decoding left for workers
+    loader = train_loader()
+
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
+        if ckpt is not None:  # the log holds what the checkpoint holds: drop records of a killed run's lost work
+            (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
         _write_json(
             out / "run.json",
             {
@@ -347,7 +412,9 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
                 "device": str(device),
                 "world_size": dist_info.world_size,
                 "per_device_batch": bs,
-                "global_batch": bs * accum * dist_info.world_size,
+                "global_batch": global_batch,
+                "lr_effective": effective_lr(cfg.optim, global_batch),
+                "lr_scaling": cfg.optim.lr_scaling,
                 "train_images": len(data.train),
                 "train_counts": data.train_counts.tolist(),
                 "groups": {k: np.asarray(v).tolist() for k, v in data.groups.items()},
@@ -358,8 +425,12 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
         echo(
             f"tinlt: {cfg.name} | {C} classes, {len(data.train)} train images | model {cfg.model.name} | "
             f"loss {cfg.loss.name} | device {device} x{dist_info.world_size} | batch {bs}/device, "
-            f"global {bs * accum * dist_info.world_size} | {total_steps} steps | out {out}"
+            f"global {global_batch} | lr {effective_lr(cfg.optim, global_batch):.3g} ({cfg.optim.lr_scaling} scaling) | "
+            f"{total_steps} steps | out {out}"
         )
+    from .loggers import make_logger
+
+    run_logger = make_logger(cfg, out, is_main=main)  # TensorBoard if train.tensorboard, else a no-op
 
     def state(epoch_: int, batch_: int) -> dict:
         return {
@@ -384,16 +455,24 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
         }
 
     def save(name: str, epoch_: int, batch_: int, best: bool = False) -> Path:
+        # never replace the last good checkpoint with diverged weights (every rank holds the same ones)
+        if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+            raise TinltError(
+                f"non-finite weights after optimizer step {global_step}, not saved; last good checkpoint: "
+                f"{ckpt_io.find_resume(out) or 'none yet'}; lower optim.lr or check the data"
+            )
         st = state(epoch_, batch_)  # every rank joins the RNG gather
         path = out / name
         if main:
-            ckpt_io.save_atomic(st, path)
-            if best:
-                ckpt_io.copy_atomic(path, out / ckpt_io.BEST)
+            if best:  # best.pt first: a kill between the two writes leaves last.pt behind best.pt, never ahead
+                ckpt_io.save_atomic(st, out / ckpt_io.BEST)
+                ckpt_io.copy_atomic(out / ckpt_io.BEST, path)
+            else:
+                ckpt_io.save_atomic(st, path)
         barrier()
         return path
 
-    eval_dl = eval_loader(data.evaluation, eval_tf, cfg, dist_info, device)
+    eval_dl = eval_loader(data.evaluation, eval_tf, cfg, dist_info, device, features=features)
     amp = cfg.train.amp
     start_time = time.time()
     done = global_step >= total_steps
@@ -407,7 +486,7 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
             if batch_in_epoch == 0:
                 loss_sum, n_seen = 0.0, 0
             it = progress(
-                train_loader(),
+                loader,
                 desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                 total=per_epoch_batches - batch_in_epoch,
                 unit="batch",
@@ -433,7 +512,7 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
                     )
                 scaler.scale(loss / accum).backward()
                 if logits.grad is not None:
-                    grad_ratio.update(logits.grad * accum, targets)
+                    grad_ratio.update(logits.grad * (accum / scaler.get_scale()), targets)  # unscaled (fp16)
                 batch_in_epoch += 1
                 loss_sum += loss.item() * len(targets)
                 n_seen += len(targets)
@@ -447,6 +526,7 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 global_step += 1
+                run_logger.log_step(global_step, {"loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
                 if hasattr(it, "set_postfix"):
                     it.set_postfix(loss=f"{loss_sum / max(n_seen, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if global_step >= total_steps:
@@ -471,9 +551,11 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
             }
             last_epoch = done or epoch >= cfg.optim.epochs
             if (cfg.train.eval_every and epoch % cfg.train.eval_every == 0) or last_epoch:
-                pred = predict_loader(
-                    model, eval_dl, num_classes=C, device=device, amp=amp, desc=f"eval ({data.eval_name})"
-                )
+                with eval_adjustments(model, cfg, data.train_counts) as logit_transform:  # train.tau_norm/posthoc_tau
+                    pred = predict_loader(
+                        model, eval_dl, num_classes=C, device=device, amp=amp, desc=f"eval ({data.eval_name})",
+                        logit_transform=logit_transform,
+                    )
                 m = metrics_from_predictions(
                     pred, groups=data.groups, classnames=data.classnames, train_counts=data.train_counts
                 )
@@ -487,6 +569,8 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
             if main:
                 _append_jsonl(out / "log.jsonl", record)
                 echo(_epoch_line(record, data.eval_name, cfg.optim.epochs))
+                run_logger.log_epoch(epoch, record)
+                run_logger.log_figures(epoch, out)
             save(ckpt_io.LAST, epoch, batch_in_epoch, best=bool(record.get("best")))
             if stop.signum is not None and not last_epoch:
                 raise Interrupted(stop.signum, out / ckpt_io.LAST)
@@ -496,11 +580,20 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
     if final is not None:
         model.load_state_dict(final["model"])
     test = data.test if data.test is not None else data.evaluation
-    metrics = evaluate_samples(model, test, eval_tf, cfg, dist_info, device, data, desc="test")
+    metrics = evaluate_samples(model, test, eval_tf, cfg, dist_info, device, data, desc="test", features=features)
     metrics["train_time_s"] = round(time.time() - start_time, 1)
     if main:
         _write_json(out / "metrics.json", metrics)
         echo(f"test: {_summary(metrics)} | metrics: {out / 'metrics.json'}")
+        run_logger.log_figures(epoch, out)
+        run_logger.close()
+        if cfg.train.report:
+            try:  # figures and pages for people (tinlt/report.py); a failure here must never lose the run
+                from ..report import build_report
+
+                echo(f"report: {build_report(out) / 'index.html'}")
+            except Exception as e:  # noqa: BLE001
+                print(f"tinlt: warning: report not written ({type(e).__name__}: {e})", file=sys.stderr)
     cleanup()
     return metrics
 
@@ -517,9 +610,15 @@ def _gather_rng():
     return out
 
 
-def evaluate_samples(model, samples, transform, cfg, dist_info, device, data, desc="eval") -> dict:
-    loader = eval_loader(samples, transform, cfg, dist_info, device)
-    pred = predict_loader(model, loader, num_classes=len(data.classnames), device=device, amp=cfg.train.amp, desc=desc)
+def evaluate_samples(model, samples, transform, cfg, dist_info, device, data, desc="eval", features=None) -> dict:
+    from ..two_stage import eval_adjustments
+
+    loader = eval_loader(samples, transform, cfg, dist_info, device, features=features)
+    with eval_adjustments(model, cfg, data.train_counts) as logit_transform:  # train.tau_norm / train.posthoc_tau
+        pred = predict_loader(
+            model, loader, num_classes=len(data.classnames), device=device, amp=cfg.train.amp, desc=desc,
+            logit_transform=logit_transform,
+        )
     m = metrics_from_predictions(pred, groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
     m["predictions"] = {
         "index": pred.indices.tolist(),

@@ -8,6 +8,8 @@ close matches.
 
 from __future__ import annotations
 
+from torch import nn
+
 import dataclasses
 import difflib
 import importlib
@@ -125,6 +127,10 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
         truncate_text=cfg.truncate_text,
     )
     model.freeze(image=cfg.freeze_image, text=cfg.freeze_text)
+    if cfg.freeze_token_embeddings and model.text_tower is not None:
+        for m in model.text_tower.modules():
+            if isinstance(m, nn.Embedding) and m.num_embeddings >= 1000:  # vocabularies, not positions
+                m.weight.requires_grad_(False)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model

@@ -9,12 +9,16 @@ Class text features are cached when they cannot carry gradients (text tower froz
 grad disabled); the cache is keyed on the text tower's parameter versions, device and
 mode, so training steps, ``load_state_dict`` and ``.to()`` invalidate it. Caches and
 tokens are never part of the state dict.
+
+``forward`` also takes the image tower's outputs in place of images: ``SplitFeatures``
+(``forward_split``) or ``ImageEmbedding`` (``forward_merge``), which is how training reads
+a frozen tower's features from disk (engine/feature_cache.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +26,17 @@ from torch import nn
 
 from ..errors import TinltError
 from .attention import GatedAttention
-from .base import ImageTower, TextTower
+from .base import ImageTower, SplitFeatures, TextTower
 
 HEADS = ("text", "linear")
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
+
+
+class ImageEmbedding(NamedTuple):
+    """(B, D) image embeddings as ``forward_merge`` returns them (not normalised); TIN's
+    forward takes them in place of images when the whole image path is fixed."""
+
+    embedding: torch.Tensor
 
 
 def _check_templates(templates: Iterable[str]) -> tuple[str, ...]:
@@ -188,7 +199,11 @@ class TIN(nn.Module):
         if self.text_tower is None:
             raise TinltError("model.head = 'linear' has no class text features")
         if not (self._text_frozen() or not torch.is_grad_enabled()):
-            return self._compute_text_features()
+            return self._compute_text_features()  # traced into a compiled forward: the text tower trains
+        return self._cached_text_features()
+
+    @torch.compiler.disable  # a Python-side cache keyed on parameter versions: keep it out of graphs
+    def _cached_text_features(self) -> torch.Tensor:
         key = self._cache_key()
         if self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]
@@ -199,7 +214,11 @@ class TIN(nn.Module):
 
     # -- image -----------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        fmap, aside = self.image_tower.forward_split(images)
+        return self.encode_split(self.image_tower.forward_split(images), normalize=normalize)
+
+    def encode_split(self, split: SplitFeatures, normalize: bool = True) -> torch.Tensor:
+        """Image embedding from ``image_tower.forward_split``'s output (e.g. read from a cache)."""
+        fmap, aside = split
         if self.attention is not None:
             fmap = self.attention(fmap)
         emb = self.image_tower.forward_merge(fmap, aside)
@@ -213,10 +232,26 @@ class TIN(nn.Module):
     def uses_text_head(self) -> bool:
         return self.head_type == "text"
 
-    def forward(self, images: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+            self,
+            images: Union[torch.Tensor, SplitFeatures, ImageEmbedding],
+            text_features: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes) logits. ``text_features`` (C, D) overrides the
-        cached class features (text head), e.g. to share them across a whole evaluation."""
-        image = self.encode_image(images, normalize=True)
+        cached class features (text head), e.g. to share them across a whole evaluation.
+
+        In place of images: ``SplitFeatures`` (the tower's forward_split output; attention
+        and forward_merge still run) or ``ImageEmbedding`` (forward_merge output)."""
+        if isinstance(images, ImageEmbedding):
+            image = F.normalize(images.embedding, dim=-1)
+        elif isinstance(images, SplitFeatures):
+            image = self.encode_split(images, normalize=True)
+        else:
+            image = self.encode_image(images, normalize=True)
+        return self.classify(image, text_features)
+
+    def classify(self, image: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, D) L2-normalised image embeddings -> (B, num_classes) logits."""
         if self.head_type == "linear":
             return self.head(image)
         text = text_features if text_features is not None else self.class_text_features()

@@ -1,0 +1,210 @@
+"""Decision threshold of a two-class model for a target recall of the rare class.
+
+Owns ``tinlt calibrate``: scores a split with the checkpoint, picks the threshold on the
+rare class's probability, and stores it in the checkpoint (keys ``threshold`` and
+``threshold_info``, written atomically), in ``<run>/calibration.json`` and as a PR-curve
+plot ``<run>/calibration_pr.png``. ``tinlt predict`` and ``tinlt export`` read it back.
+
+The rule: among thresholds whose recall on the split is >= the target, take the highest
+(fewest false positives, so the best precision at that recall). Every threshold between
+that score and the next lower score gives the same predictions on the split; we store
+the midpoint of that interval rather than its upper end, so that an image scored exactly
+on the boundary does not flip class under tiny numeric differences (ONNX, int8, another
+BLAS). The rare ("positive") class is the one with fewer training images, class 1 on a
+tie, as in :func:`tinlt.metrics.compute_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import TinltError
+from .metrics import precision_recall_curve
+
+CALIBRATION_JSON = "calibration.json"
+CALIBRATION_PNG = "calibration_pr.png"
+MAX_CURVE_POINTS = 2000  # stored in calibration.json; thinned beyond this
+
+
+def positive_class(train_counts: Sequence[int]) -> int:
+    """The rare class: fewest training images; on a tie the higher index."""
+    counts = np.asarray(train_counts, dtype=np.int64).ravel()
+    if counts.size != 2:
+        raise TinltError(f"a decision threshold needs 2 classes, got {counts.size}")
+    return int(len(counts) - 1 - np.argmin(counts[::-1]))
+
+
+def choose_threshold(scores_pos: Any, is_pos: Any, target_recall: float) -> dict:
+    """Threshold on ``scores_pos`` (positive iff score >= threshold) reaching ``target_recall``.
+
+    Returns threshold, score_at_point (the highest score that reaches the target), next_score
+    (the next lower distinct score, None if none), and the recall / precision / tp / fp there.
+    """
+    if not 0.0 < float(target_recall) <= 1.0:
+        raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
+    s = np.asarray(scores_pos, dtype=np.float64).ravel()
+    y = np.asarray(is_pos, dtype=bool).ravel()
+    if s.size == 0:
+        raise TinltError("calibration split is empty")
+    if not np.isfinite(s).all():
+        raise TinltError("calibration scores contain NaN or infinity")
+    if not y.any():
+        raise TinltError("calibration split has no sample of the rare class: recall is undefined")
+    precision, recall, thresholds = precision_recall_curve(s, y)
+    # recall rises as the threshold falls; the first index at or above target is the highest threshold
+    k = int(np.flatnonzero(recall >= float(target_recall) - 1e-12)[0])
+    score = float(thresholds[k])
+    nxt = float(thresholds[k + 1]) if k + 1 < len(thresholds) else None
+    value = score
+    if nxt is not None:
+        mid = (score + nxt) / 2.0
+        if nxt < mid <= score:  # false only when the two scores are adjacent floats
+            value = mid
+    chosen = s >= value
+    return {
+        "threshold": value,
+        "score_at_point": score,
+        "next_score": nxt,
+        "recall": float(recall[k]),
+        "precision": float(precision[k]),
+        "tp": int((chosen & y).sum()),
+        "fp": int((chosen & ~y).sum()),
+        "curve": (precision, recall, thresholds),
+    }
+
+
+def _thin(n: int, max_points: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(np.int64)) if n else np.zeros(0, int)
+
+
+def plot_pr(curve, choice: dict, argmax_point: tuple[float, float], target: float, positive_name: str, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    precision, recall, _ = curve
+    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=120)
+    ax.step(recall, precision, where="post", color="tab:blue", lw=1.5, label="precision-recall")
+    ax.axvline(target, color="grey", ls="--", lw=1, label=f"target recall {target:g}")
+    ax.plot([choice["recall"]], [choice["precision"]], "o", color="tab:red", ms=7,
+            label=f"threshold {choice['threshold']:.4g}: R {choice['recall']:.3f}, P {choice['precision']:.3f}")
+    ax.plot([argmax_point[0]], [argmax_point[1]], "s", color="tab:green", ms=6,
+            label=f"argmax: R {argmax_point[0]:.3f}, P {argmax_point[1]:.3f}")
+    ax.set_xlabel(f"recall ({positive_name})")
+    ax.set_ylabel(f"precision ({positive_name})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title("decision threshold calibration", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _argmax_point(probs_pos: np.ndarray, is_pos: np.ndarray, probs_neg: np.ndarray) -> tuple[float, float]:
+    pred = probs_pos > probs_neg  # argmax; a tie goes to class 0 like torch/numpy argmax
+    tp = int((pred & is_pos).sum())
+    recall = tp / max(int(is_pos.sum()), 1)
+    precision = tp / int(pred.sum()) if pred.any() else 0.0
+    return recall, precision
+
+
+def calibrate_checkpoint(
+    checkpoint: str | Path,
+    target_recall: float = 0.95,
+    split: str = "val",
+    overrides: Sequence[str] = (),
+    quiet: bool = False,
+) -> dict:
+    """Score ``split`` with the checkpoint, choose and store the threshold; returns calibration.json's dict."""
+    from .data.build import build_split
+    from .engine.checkpoint import save_atomic
+    from .engine.distributed import DistInfo
+    from .engine.evaluate import predict_loader
+    from .engine.inference import load_model
+    from .engine.progress import echo
+    from .engine.trainer import eval_loader, make_transforms, resolve_device
+    from .export import apply_data_overrides, checkpoint_file
+
+    if split not in ("val", "test"):
+        raise TinltError(f"--split {split!r}; expected 'val' or 'test'")
+    if not 0.0 < float(target_recall) <= 1.0:
+        raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
+    path = checkpoint_file(checkpoint)
+    model, cfg, ckpt = load_model(path)
+    classnames = list(ckpt["classnames"])
+    if len(classnames) != 2:
+        raise TinltError(
+            f"{path}: calibrate needs a two-class model; this one has {len(classnames)} classes"
+        )
+    cfg = apply_data_overrides(cfg, overrides)
+    node = getattr(cfg.data, split)
+    if not str(node.kind or ""):
+        raise TinltError(
+            f"{path}: the run's config has no data.{split} split; give one (data.{split}.kind=... "
+            f"data.{split}.path=...) or use --split {'test' if split == 'val' else 'val'}"
+        )
+    samples = build_split(node, where=f"data.{split}")
+    if list(samples.classnames) != classnames:
+        raise TinltError(f"data.{split}: classes {list(samples.classnames)} differ from the checkpoint's {classnames}")
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    _, eval_tf = make_transforms(model, cfg)
+    loader = eval_loader(samples, eval_tf, cfg, DistInfo(), device)
+    pred = predict_loader(model, loader, num_classes=2, device=device, amp=cfg.train.amp, desc="calibrate", quiet=quiet)
+    pos = positive_class(ckpt["train_counts"])
+    is_pos = pred.targets == pos
+    choice = choose_threshold(pred.scores[:, pos], is_pos, target_recall)
+    argmax_r, argmax_p = _argmax_point(pred.scores[:, pos], is_pos, pred.scores[:, 1 - pos])
+
+    info = {
+        "target_recall": float(target_recall),
+        "recall": choice["recall"],
+        "precision": choice["precision"],
+        "split": split,
+        "positive_class": pos,
+        "positive_name": classnames[pos],
+        "num_samples": int(len(is_pos)),
+        "num_positive": int(is_pos.sum()),
+        "score_at_point": choice["score_at_point"],
+        "next_score": choice["next_score"],
+        "rule": f"predict '{classnames[pos]}' when P({classnames[pos]}) >= threshold",
+    }
+    ckpt["threshold"] = float(choice["threshold"])
+    ckpt["threshold_info"] = info
+    save_atomic(ckpt, path)
+
+    run = path.resolve().parent
+    png = plot_pr(choice["curve"], choice, (argmax_r, argmax_p), float(target_recall), classnames[pos],
+                  run / CALIBRATION_PNG)
+    precision, recall, thresholds = choice["curve"]
+    keep = _thin(len(thresholds), MAX_CURVE_POINTS)
+    report = {
+        "checkpoint": str(path.resolve()),
+        "threshold": float(choice["threshold"]),
+        **info,
+        "argmax": {"recall": argmax_r, "precision": argmax_p},
+        "plot": png.name,
+        "curve": {
+            "precision": np.round(precision[keep], 6).tolist(),
+            "recall": np.round(recall[keep], 6).tolist(),
+            "thresholds": [float(t) for t in thresholds[keep]],
+        },
+    }
+    tmp = run / f".{CALIBRATION_JSON}.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(run / CALIBRATION_JSON)
+    echo(
+        f"calibrate: threshold {choice['threshold']:.6g} on P({classnames[pos]}) -> recall {choice['recall']:.4f}, "
+        f"precision {choice['precision']:.4f} on {len(is_pos)} {split} images (target recall {target_recall:g}; "
+        f"argmax: recall {argmax_r:.4f}, precision {argmax_p:.4f}) | stored in {path}; {run / CALIBRATION_JSON}",
+        quiet=quiet,
+    )
+    return report

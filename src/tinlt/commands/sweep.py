@@ -1,0 +1,41 @@
+"""``tinlt sweep``: run a grid of configs (ablations, method comparisons) into one results table.
+
+Thin shell over :mod:`tinlt.sweep`; see that module (and docs/ablations.md) for the grid format.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> dict:
+    p = subparsers.add_parser(
+        "sweep",
+        help="run every cell of a grid file; writes OUT/results.md and OUT/results.csv",
+        description="Run every cell of a grid file (one training run per cell, finished cells are reused, "
+        "interrupted ones resume) and write OUT/results.md and OUT/results.csv.",
+    )
+    p.add_argument("--config", "-c", required=True, help="grid YAML file, or a bundled grid (e.g. grids/modules)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/<grid name>)")
+    p.add_argument("--dry-run", action="store_true", help="validate every cell and show what would run")
+    p.add_argument("--only", default=None, help="comma-separated cell names to run (the table lists all cells)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every cell (a cell's own overrides win)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    return {"sweep": _cmd_sweep}
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from ..sweep import format_markdown, load_sweep, run_sweep
+
+    sweep = load_sweep(a.config, out=a.out, overrides=a.overrides)
+    only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells -> {sweep.out}")
+    rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet)
+    if a.dry_run:
+        return 0
+    print(format_markdown(sweep, rows))
+    failed = [r["cell"] for r in rows if r["status"].startswith(("failed", "interrupted"))]
+    if failed:
+        print(f"tinlt: {len(failed)} cell(s) failed: {', '.join(failed)}")
+        return 1
+    return 0

@@ -1,0 +1,513 @@
+"""Sweeps: a grid file -> one training run per cell -> one results table.
+
+Owns the grid-file format, its validation (every cell resolves to a checked config before
+any cell runs), running or reusing each cell, and ``results.md`` / ``results.csv``.
+
+A grid file::
+
+    name: modules                   # optional title
+    base: demo_fmnist_lt            # bundled config name, or a path relative to this file
+    overrides: [optim.epochs=2]     # applied to every cell
+    grid: {loss.p: [0.2, 0.5]}      # cartesian product, one cell per combination
+    cells:                          # and/or an explicit list (crossed with grid if both)
+      - {name: baseline, overrides: [model.head=linear, loss.name=ce]}
+      - {name: posthoc, eval_from: baseline, overrides: [train.posthoc_tau=1.0]}
+
+Precedence, later wins: base config < ``overrides`` < command-line overrides < the cell's
+overrides < its grid values < ``train.output_dir=OUT/<cell>``. ``{out}`` in an override
+is replaced by the sweep's output folder (e.g. ``model.init_from={out}/ce/best.pt``).
+A cell with ``eval_from: OTHER`` trains nothing: it evaluates OTHER's ``best.pt`` with
+its own ``train.*`` / ``data.*`` overrides (post-hoc adjustment, tau-norm).
+
+A cell whose folder holds ``metrics.json`` for the same resolved config is reused; one
+with a ``last.pt`` for it resumes; a changed cell starts afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import difflib
+import itertools
+import json
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from .config import load_config, resolve_config_path, to_dict, to_yaml
+from .errors import Interrupted, TinltError
+
+GRID_KEYS = ("name", "base", "overrides", "grid", "cells")
+CELL_KEYS = ("name", "overrides", "eval_from")
+EVAL_PREFIXES = ("train.", "data.")  # what ``tinlt eval`` may change on a checkpoint's config
+IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
+METRIC_KEYS = ("overall", "many", "medium", "few", "instance_acc")
+CELL_FILE = "sweep.json"
+
+__all__ = ["Cell", "Sweep", "load_sweep", "run_sweep", "cell_state", "results_rows", "write_results",
+           "format_markdown"]
+
+
+@dataclass
+class Cell:
+    name: str
+    overrides: list[str]  # the cell's own overrides and grid values: what the table shows
+    cfg: DictConfig  # fully resolved and validated
+    eval_from: Optional[str] = None
+    line: Optional[int] = None  # where it is defined in the grid file
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.train.output_dir)
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    base: str
+    overrides: list[str]  # grid-file overrides + command-line overrides
+    out: Path
+    cells: list[Cell] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- reading a grid file
+
+
+def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _node_lines(text: str) -> dict:
+    """1-based line numbers of the grid file's parts, for error messages."""
+    lines: dict = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for knode, vnode in root.value:
+        key = knode.value
+        lines[("top", key)] = knode.start_mark.line + 1
+        if key == "overrides" and isinstance(vnode, yaml.SequenceNode):
+            for i, item in enumerate(vnode.value):
+                lines[("override", i)] = item.start_mark.line + 1
+        elif key == "grid" and isinstance(vnode, yaml.MappingNode):
+            for gk, _ in vnode.value:
+                lines[("grid", gk.value)] = gk.start_mark.line + 1
+        elif key == "cells" and isinstance(vnode, yaml.SequenceNode):
+            for i, item in enumerate(vnode.value):
+                lines[("cell", i)] = item.start_mark.line + 1
+    return lines
+
+
+def _value_str(v: Any) -> str:
+    """A YAML value as the right-hand side of a ``key=value`` override."""
+    if isinstance(v, str):
+        return v
+    s = yaml.safe_dump(v, default_flow_style=True, width=10**9)
+    return s.removesuffix("\n...\n").strip()
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=,+\-]", "_", name)
+
+
+def _as_override_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TinltError(f"{where}: 'overrides' must be a list of key=value strings")
+    for ov in value:
+        if "=" not in ov:
+            raise TinltError(f"{where}: override '{ov}' is not of the form key=value")
+    return list(value)
+
+
+def _grid_combinations(grid: dict, where: str) -> list[tuple[str, list[str], str]]:
+    """[(name part, overrides, first grid key)] for the cartesian product of ``grid``."""
+    if not grid:
+        return [("", [], "")]
+    if not isinstance(grid, dict):
+        raise TinltError(f"{where}: 'grid' must map config keys to lists of values")
+    keys = list(grid)
+    leaves = [str(k).split(".")[-1] for k in keys]
+    short = {k: (leaf if leaves.count(leaf) == 1 else str(k)) for k, leaf in zip(keys, leaves)}
+    values = []
+    for k in keys:
+        v = grid[k]
+        if not isinstance(v, list) or not v:
+            raise TinltError(f"{where}: grid key '{k}' needs a non-empty list of values")
+        values.append(v)
+    combos = []
+    for combo in itertools.product(*values):
+        ovs = [f"{k}={_value_str(v)}" for k, v in zip(keys, combo)]
+        name = ",".join(f"{short[k]}={_value_str(v)}" for k, v in zip(keys, combo))
+        combos.append((name, ovs, str(keys[0])))
+    return combos
+
+
+def _blame_line(err: str, overrides_with_lines: list[tuple[str, Optional[int]]], default: Optional[int]) -> Optional[int]:
+    """The line of the first override whose key the error message names (or a parent of it)."""
+    named = re.findall(r"key '([^']+)'", err)
+    for ov, line in overrides_with_lines:
+        key = ov.split("=", 1)[0].strip()
+        if line is not None and any(key == k or key.startswith(k + ".") for k in named):
+            return line
+    return default
+
+
+def load_sweep(
+    path: str | Path, out: Optional[str | Path] = None, overrides: Sequence[str] = ()
+) -> Sweep:
+    """Read a grid file and resolve every cell's config (all errors surface here, before any run)."""
+    path = Path(path)
+    if not path.is_file():
+        try:
+            path = resolve_config_path(path)  # bundled grids: "grids/modules"
+        except TinltError:
+            raise TinltError(f"grid file not found: {path}") from None
+    text = path.read_text()
+    try:
+        spec = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise TinltError(f"{path}: not valid YAML: {str(e).replace(chr(10), ' ')}") from None
+    if not isinstance(spec, dict):
+        raise TinltError(f"{path}: top level must be a mapping with 'base' and 'grid' and/or 'cells'")
+    lines = _node_lines(text)
+    for key in spec:
+        if key not in GRID_KEYS:
+            where = f"{path}:{lines.get(('top', key), '?')}"
+            raise TinltError(f"{where}: unknown grid key '{key}'{_did_you_mean(key, GRID_KEYS)}")
+    if "base" not in spec or not isinstance(spec["base"], str):
+        raise TinltError(f"{path}: 'base' (a config name or path) is required")
+    if "grid" not in spec and "cells" not in spec:
+        raise TinltError(f"{path}: give 'grid' and/or 'cells'")
+
+    base_path = path.parent / spec["base"]
+    base = str(base_path) if base_path.is_file() else str(resolve_config_path(spec["base"]))
+    out_dir = Path(out) if out else Path("runs") / "sweeps" / path.stem
+    out_dir = out_dir.resolve()
+
+    def subst(ovs: list[str]) -> list[str]:
+        return [ov.replace("{out}", str(out_dir)) for ov in ovs]
+
+    file_ovs = _as_override_list(spec.get("overrides"), f"{path}:{lines.get(('top', 'overrides'), '?')}")
+    cli_ovs = _as_override_list(list(overrides), "command line")
+    common = subst(file_ovs + cli_ovs)
+    common_lines = [(ov, lines.get(("override", i))) for i, ov in enumerate(file_ovs)] + [(ov, None) for ov in cli_ovs]
+
+    raw_cells = spec.get("cells") or [{"name": ""}]
+    if not isinstance(raw_cells, list):
+        raise TinltError(f"{path}:{lines.get(('top', 'cells'), '?')}: 'cells' must be a list")
+    combos = _grid_combinations(spec.get("grid") or {}, f"{path}:{lines.get(('top', 'grid'), '?')}")
+
+    cells: list[Cell] = []
+    by_name: dict[str, Cell] = {}
+    for i, rc in enumerate(raw_cells):
+        cline = lines.get(("cell", i)) if "cells" in spec else lines.get(("top", "grid"))
+        where = f"{path}:{cline or '?'}"
+        if not isinstance(rc, dict):
+            raise TinltError(f"{where}: each cell must be a mapping with 'name' and 'overrides'")
+        for key in rc:
+            if key not in CELL_KEYS:
+                raise TinltError(f"{where}: unknown cell key '{key}'{_did_you_mean(key, CELL_KEYS)}")
+        if "cells" in spec and not rc.get("name"):
+            raise TinltError(f"{where}: every cell needs a 'name'")
+        cell_ovs = subst(_as_override_list(rc.get("overrides"), where))
+        eval_from = rc.get("eval_from")
+        for part, grid_ovs, grid_key in combos:
+            name = "__".join(p for p in (str(rc.get("name", "")), part) if p)
+            name = _safe_name(name or "run")
+            if name in by_name:
+                raise TinltError(f"{where}: two cells are named '{name}'")
+            own = cell_ovs + grid_ovs
+            line = cline if not grid_key else (cline if "cells" in spec else lines.get(("grid", grid_key)))
+            source = None
+            if eval_from is not None:  # with a grid, the source is the same grid point of that cell
+                source = next((n for n in (f"{eval_from}__{part}", str(eval_from)) if _safe_name(n) in by_name),
+                              str(eval_from))
+            cfg = _resolve_cell(
+                base, common, own, out_dir / name, name, source, by_name, path, line, common_lines, lines, grid_key
+            )
+            cell = Cell(name=name, overrides=own, cfg=cfg, eval_from=source, line=line)
+            cells.append(cell)
+            by_name[name] = cell
+    return Sweep(path=path, name=str(spec.get("name") or path.stem), base=base, overrides=common,
+                 out=out_dir, cells=cells)
+
+
+def _resolve_cell(base, common, own, cell_out, name, eval_from, by_name, path, line, common_lines, lines, grid_key):
+    where = f"{path}:{line or '?'}: cell '{name}'"
+    if eval_from is not None:
+        src = by_name.get(_safe_name(str(eval_from)))
+        if src is None:
+            raise TinltError(f"{where}: eval_from '{eval_from}' must name a cell defined above it")
+        if src.eval_from is not None:
+            raise TinltError(f"{where}: eval_from '{eval_from}' is itself an evaluation-only cell")
+        bad = [ov for ov in own if not ov.split("=", 1)[0].strip().startswith(EVAL_PREFIXES)]
+        if bad:
+            raise TinltError(f"{where}: an eval_from cell may only override train.* / data.* keys, not '{bad[0]}'")
+        layers = common + src.overrides + own
+    else:
+        layers = common + own
+    try:
+        return load_config(base, layers + [f"train.output_dir={cell_out}"])
+    except TinltError as e:
+        msg = str(e).removeprefix("command line: ")  # the overrides come from the grid file here
+        own_lines = [(ov, line) for ov in own]
+        if grid_key:
+            own_lines = [(ov, lines.get(("grid", ov.split("=", 1)[0]), line)) for ov in own]
+        blame = _blame_line(msg, common_lines + own_lines, line)
+        raise TinltError(f"{path}:{blame or '?'}: cell '{name}': {msg}") from None
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _align(old: dict, new: dict, default: dict) -> tuple[dict, dict]:
+    """Drop keys the schema gained since ``old`` was saved (while at their default) or lost since."""
+    a, b = {}, {}
+    for k in set(old) | set(new):
+        if k not in new:
+            continue
+        if k not in old:
+            if new[k] == default.get(k):
+                continue
+            b[k] = new[k]
+            continue
+        if isinstance(old[k], dict) and isinstance(new[k], dict):
+            a[k], b[k] = _align(old[k], new[k], default.get(k) or {})
+        else:
+            a[k], b[k] = old[k], new[k]
+    return a, b
+
+
+def _same_config(folder: Path, cfg: DictConfig) -> bool:
+    """Whether ``folder/config.yaml`` describes the same run as ``cfg``.
+
+    Keys in IGNORED_FOR_REUSE do not count, nor do config keys added to the schema after the
+    run was made, as long as ``cfg`` leaves them at their default.
+    """
+    from .config import Config
+
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError:
+        return False
+    if not isinstance(old, dict):
+        return False
+    new = json.loads(json.dumps(to_dict(cfg)))
+    old = json.loads(json.dumps(old))
+    for d in (old, new):
+        for section, key in IGNORED_FOR_REUSE:
+            d.get(section, {}).pop(key, None)
+    old, new = _align(old, new, to_dict(OmegaConf.structured(Config)))
+    return old == new
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _source_stamp(sweep: Sweep, cell: Cell) -> Optional[int]:
+    src = sweep.out / _safe_name(cell.eval_from) / "best.pt"
+    return src.stat().st_mtime_ns if src.is_file() else None
+
+
+def cell_state(sweep: Sweep, cell: Cell) -> str:
+    """'done' (reusable), 'resume' (a last.pt for this config), or 'run'."""
+    folder = cell.out
+    same = _same_config(folder, cell.cfg)
+    if same and (folder / "metrics.json").is_file():
+        if cell.eval_from is None:
+            return "done"
+        info = _read_json(folder / CELL_FILE) or {}
+        if info.get("source_mtime_ns") == _source_stamp(sweep, cell) and info.get("source_mtime_ns") is not None:
+            return "done"
+        return "run"
+    if cell.eval_from is None and same and (folder / "last.pt").is_file():
+        return "resume"
+    return "run"
+
+
+def _write_cell_info(folder: Path, info: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CELL_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(folder / CELL_FILE)
+
+
+def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
+    """Train (or evaluate) one cell; returns its sweep.json record."""
+    from .engine import inference, trainer
+
+    folder = cell.out
+    previous = (_read_json(folder / CELL_FILE) or {}) if state == "resume" else {}
+    if state == "run" and folder.exists():  # a changed cell: its old files would mix with the new run
+        for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json", CELL_FILE, "config.yaml"):
+            (folder / stale).unlink(missing_ok=True)
+    cfg = copy.deepcopy(cell.cfg)
+    if quiet:
+        cfg.train.quiet = True
+    info = {"cell": cell.name, "overrides": cell.overrides, "eval_from": cell.eval_from,
+            "wall_s": float(previous.get("wall_s", 0.0)), "status": "running"}
+    _write_cell_info(folder, info)
+    t0 = time.time()
+    try:
+        if cell.eval_from is None:
+            trainer.train(cfg, resume="auto" if state == "resume" else None, command=list(sys.argv))
+        else:
+            src = sweep.out / _safe_name(cell.eval_from) / "best.pt"
+            if not src.is_file():
+                raise TinltError(f"cell '{cell.name}': eval_from cell '{cell.eval_from}' has no {src}")
+            stamp = src.stat().st_mtime_ns
+            inference.evaluate_checkpoint(src, cell.overrides, out_dir=folder, quiet=cfg.train.quiet)
+            (folder / "config.yaml").write_text(to_yaml(cfg))
+            info["source_mtime_ns"] = stamp
+        info["status"] = "done"
+    except (KeyboardInterrupt, Interrupted):
+        info["status"] = "interrupted"
+        raise
+    except Exception as e:  # noqa: BLE001 - one failed cell must not stop the others
+        info["status"] = f"failed: {e}" if isinstance(e, TinltError) else f"failed: {type(e).__name__}: {e}"
+        if not isinstance(e, TinltError):
+            traceback.print_exc(file=sys.stderr)
+    finally:
+        info["wall_s"] = round(info["wall_s"] + time.time() - t0, 1)
+        _write_cell_info(folder, info)
+    return info
+
+
+def run_sweep(
+    sweep: Sweep, *, dry_run: bool = False, only: Optional[Sequence[str]] = None, quiet: bool = False,
+    log=print,
+) -> list[dict]:
+    """Run every cell that is not finished (in file order), then write the results tables.
+
+    Returns the table rows. ``dry_run`` only reports what each cell would do.
+    """
+    names = {c.name for c in sweep.cells}
+    for n in only or ():
+        if n not in names:
+            raise TinltError(f"--only: no cell named '{n}'{_did_you_mean(n, sorted(names))}")
+    states = {}
+    for cell in sweep.cells:
+        state = cell_state(sweep, cell)
+        states[cell.name] = state
+        if dry_run:
+            verb = {"done": "reuse", "resume": "resume", "run": "eval" if cell.eval_from else "train"}[state]
+            skip = only and cell.name not in only
+            log(f"{cell.name:<28} {'skip' if skip else verb:<7} {' '.join(cell.overrides) or '(base)'}")
+    if dry_run:
+        return results_rows(sweep, states)
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, cell in enumerate(sweep.cells, 1):
+            if only and cell.name not in only:
+                continue
+            if states[cell.name] == "done":
+                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused")
+                continue
+            log(f"[{i}/{len(sweep.cells)}] {cell.name}: {' '.join(cell.overrides) or '(base config)'}")
+            info = _run_cell(sweep, cell, states[cell.name], quiet)
+            states[cell.name] = "ran" if info["status"] == "done" else info["status"]
+            log(f"[{i}/{len(sweep.cells)}] {cell.name}: {info['status']} in {info['wall_s']:.0f}s")
+            write_results(sweep, results_rows(sweep, states))  # the tables grow as cells finish
+    finally:
+        rows = results_rows(sweep, states)
+        write_results(sweep, rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def results_rows(sweep: Sweep, states: Optional[dict] = None) -> list[dict]:
+    rows = []
+    for cell in sweep.cells:
+        folder = cell.out
+        metrics = _read_json(folder / "metrics.json") if _same_config(folder, cell.cfg) else None
+        info = _read_json(folder / CELL_FILE) or {}
+        state = (states or {}).get(cell.name)
+        if state is None:  # just reading the folder
+            status = "done" if metrics is not None else "pending"
+        else:  # done/resume/run: the state found before running; ran/failed/interrupted: what happened now
+            status = {"done": "reused", "ran": "done", "resume": "pending", "run": "pending"}.get(state, state)
+        if status == "pending":
+            metrics = None
+        row = {"cell": cell.name, "overrides": " ".join(cell.overrides)}
+        for k in METRIC_KEYS:
+            row[k] = metrics.get(k) if metrics else None
+        row["wall_s"] = info.get("wall_s") if status != "pending" else None
+        row["status"] = status
+        row["run"] = str(folder)
+        rows.append(row)
+    return rows
+
+
+def _num(v, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _wall(v) -> str:
+    if v is None:
+        return "-"
+    m, s = divmod(int(round(v)), 60)
+    return f"{m}m{s:02d}s"
+
+
+def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
+    head = ["cell", "overrides", "overall", "many", "medium", "few", "instance", "wall", "status", "run"]
+    lines = [
+        f"# Sweep: {sweep.name}",
+        "",
+        f"- grid: `{sweep.path}`",
+        f"- base config: `{sweep.base}`",
+        f"- overrides for every cell: `{' '.join(sweep.overrides) or '(none)'}`",
+        f"- output: `{sweep.out}`",
+        "- accuracies in %: overall = mean per-class accuracy (balanced), instance = plain accuracy",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * 6 + ["---"] * 2) + "|",
+    ]
+    for r in rows:
+        run = Path(r["run"])
+        rel = run.relative_to(sweep.out) if run.is_relative_to(sweep.out) else run
+        cells = [
+            r["cell"], f"`{r['overrides']}`" if r["overrides"] else "(base)",
+            *(_num(r[k]) for k in METRIC_KEYS), _wall(r["wall_s"]), r["status"].replace("|", "/"), f"{rel}/",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(sweep: Sweep, rows: list[dict]) -> tuple[Path, Path]:
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    md = sweep.out / "results.md"
+    md.write_text(format_markdown(sweep, rows))
+    path_csv = sweep.out / "results.csv"
+    fields = ["cell", "overrides", *METRIC_KEYS, "wall_s", "status", "run"]
+    with open(path_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+    return md, path_csv

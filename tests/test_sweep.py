@@ -1,0 +1,236 @@
+"""``tinlt sweep`` end to end on a tiny random model and generated images.
+
+A 3-cell sweep (linear+CE, text head+seesaw+contrastive, post-hoc adjustment of the
+first) runs through the CLI; its tables must agree with each run's metrics.json, whose
+numbers are re-derived here from the confusion matrix and the saved probabilities. A second
+invocation must train nothing; a cell without metrics.json resumes from its last.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import tinlt.engine.inference as inference
+import tinlt.engine.trainer as trainer
+from tinlt.cli import main
+from tinlt.errors import TinltError
+from tinlt.sweep import cell_state, load_sweep
+
+CLASSES = ["red thing", "green thing", "blue thing"]
+TRAIN_COUNTS = [9, 5, 2]
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+
+
+def _write_split(root: Path, counts, seed) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    lines = []
+    for c, n in enumerate(counts):
+        for i in range(n):
+            arr = np.clip(np.array(COLOURS[c]) + rng.integers(-25, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / f"{c}_{i}.png")
+            lines.append(f"{c}_{i}.png {c}\n")
+    (root / "list.txt").write_text("".join(lines))
+    return root / "list.txt"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    train = _write_split(root / "train", TRAIN_COUNTS, seed=0)
+    test = _write_split(root / "test", [3, 3, 3], seed=1)
+    (root / "classnames.txt").write_text("".join(f"{n}\n" for n in CLASSES))
+    cn = root / "classnames.txt"
+    (root / "base.yaml").write_text(
+        f"""
+model: {{name: tiny-vit}}
+data:
+  train: {{kind: list, path: {train}, classnames: {cn}}}
+  test: {{kind: list, path: {test}, classnames: {cn}}}
+  image_size: 32
+  num_workers: 0
+optim: {{name: adamw, lr: 1.0e-3, batch_size: 4, epochs: 2}}
+train: {{eval_batch_size: 8, quiet: true}}
+"""
+    )
+    (root / "grid.yaml").write_text(
+        """name: tiny ablation
+base: base.yaml
+overrides: [optim.epochs=1]
+cells:
+  - {name: linear_ce, overrides: [model.head=linear, model.visual_attention=false, loss.name=ce]}
+  - {name: text_contrastive, overrides: [loss.name=seesaw, loss.contrastive_weight=0.5]}
+  - {name: posthoc, eval_from: linear_ce, overrides: [train.posthoc_tau=1.0]}
+"""
+    )
+    return root
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _mtimes(out: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and not p.name.startswith("results.")}
+
+
+def test_sweep_runs_tables_and_reruns_nothing(project, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    grid = project / "grid.yaml"
+    assert main(["sweep", "--config", str(grid), "--out", str(out), "--quiet"]) == 0
+
+    rows = _read_csv(out / "results.csv")
+    assert [r["cell"] for r in rows] == ["linear_ce", "text_contrastive", "posthoc"]
+    assert rows[0]["overrides"] == "model.head=linear model.visual_attention=false loss.name=ce"
+    for r in rows:
+        m = json.loads((out / r["cell"] / "metrics.json").read_text())
+        conf = np.array(m["confusion"])
+        balanced = 100 * np.mean(np.diag(conf) / conf.sum(1))
+        assert float(r["overall"]) == pytest.approx(balanced)
+        assert float(r["instance_acc"]) == pytest.approx(100 * np.trace(conf) / conf.sum())
+        assert float(r["few"]) == pytest.approx(balanced)  # train counts 9/5/2: every class is "few"
+        assert r["many"] == "" and r["medium"] == ""  # no class in those groups
+        assert float(r["wall_s"]) > 0 and r["status"] == "done"
+        assert Path(r["run"]) == out / r["cell"]
+    cfg = yaml.safe_load((out / "text_contrastive" / "config.yaml").read_text())
+    assert cfg["optim"]["epochs"] == 1 and cfg["loss"]["contrastive_weight"] == 0.5  # grid overrides won
+
+    # post-hoc cell: argmax of (log p - log prior) of the linear cell's saved probabilities
+    src = json.loads((out / "linear_ce" / "metrics.json").read_text())["predictions"]
+    ph = json.loads((out / "posthoc" / "metrics.json").read_text())["predictions"]
+    assert ph["index"] == src["index"]
+    adjusted = np.log(np.maximum(np.array(src["scores"]), 1e-30)) - np.log(np.array(TRAIN_COUNTS) / sum(TRAIN_COUNTS))
+    top2 = np.sort(adjusted, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-3  # the saved scores are rounded to 6 decimals
+    assert clear.sum() >= 6
+    assert np.array_equal(np.array(ph["pred"])[clear], adjusted.argmax(1)[clear])
+
+    md = (out / "results.md").read_text()
+    assert "# Sweep: tiny ablation" in md and "`optim.epochs=1`" in md
+    for r in rows:
+        assert f"| {r['cell']} |" in md and f"{float(r['overall']):.1f}" in md
+
+    # a second run of the finished sweep trains and evaluates nothing, and touches no run file
+    before = _mtimes(out)
+
+    def forbidden(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(trainer, "train", forbidden)
+    monkeypatch.setattr(inference, "evaluate_checkpoint", forbidden)
+    assert main(["sweep", "--config", str(grid), "--out", str(out), "--quiet"]) == 0
+    assert _mtimes(out) == before
+    again = _read_csv(out / "results.csv")
+    assert [r["status"] for r in again] == ["reused"] * 3
+    assert [r["overall"] for r in again] == [r["overall"] for r in rows]
+    monkeypatch.undo()
+
+    # a cell with a last.pt but no metrics.json resumes from it (here: only the final evaluation)
+    first_confusion = json.loads((out / "linear_ce" / "metrics.json").read_text())["confusion"]
+    (out / "linear_ce" / "metrics.json").unlink()
+    calls = []
+    real_train = trainer.train
+
+    def spy(cfg, **kw):
+        calls.append((Path(cfg.train.output_dir).name, kw.get("resume")))
+        return real_train(cfg, **kw)
+
+    monkeypatch.setattr(trainer, "train", spy)
+    monkeypatch.setattr(inference, "evaluate_checkpoint", forbidden)  # best.pt unchanged: post-hoc stays valid
+    assert main(["sweep", "--config", str(grid), "--out", str(out), "--quiet"]) == 0
+    assert calls == [("linear_ce", "auto")]
+    # same best.pt, same images: the resumed run reports the same predictions
+    assert json.loads((out / "linear_ce" / "metrics.json").read_text())["confusion"] == first_confusion
+
+    # a changed setting invalidates every cell it reaches
+    changed = load_sweep(grid, out=out, overrides=["optim.lr=0.002"])
+    assert [cell_state(changed, c) for c in changed.cells] == ["run", "run", "run"]
+    same = load_sweep(grid, out=out)
+    assert [cell_state(same, c) for c in same.cells] == ["done", "done", "done"]
+
+    # a key the schema gained after a cell ran does not invalidate it while left at its default
+    saved = out / "text_contrastive" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["train"]["posthoc_tau"]
+    saved.write_text(yaml.safe_dump(old))
+    assert cell_state(same, same.cells[1]) == "done"
+    moved = load_sweep(grid, out=out, overrides=["train.posthoc_tau=0.5"])
+    assert cell_state(moved, moved.cells[1]) == "run"
+
+
+def _grid(tmp_path: Path, project: Path, body: str) -> Path:
+    p = tmp_path / "g.yaml"
+    p.write_text(f"base: {project / 'base.yaml'}\n" + body)
+    return p
+
+
+def test_grid_expansion_and_dry_run(project, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("dry run trained"))
+    g = _grid(tmp_path, project, "grid: {loss.p: [0.2, 0.9], optim.lr: [0.001, 0.01]}\n"
+                                 "cells:\n  - {name: a}\n  - {name: b, overrides: [loss.q=2.0]}\n")
+    sw = load_sweep(g, out=tmp_path / "o")
+    assert [c.name for c in sw.cells] == [
+        "a__p=0.2,lr=0.001", "a__p=0.2,lr=0.01", "a__p=0.9,lr=0.001", "a__p=0.9,lr=0.01",
+        "b__p=0.2,lr=0.001", "b__p=0.2,lr=0.01", "b__p=0.9,lr=0.001", "b__p=0.9,lr=0.01",
+    ]
+    last = sw.cells[-1]
+    assert (last.cfg.loss.p, last.cfg.optim.lr, last.cfg.loss.q) == (0.9, 0.01, 2.0)
+    assert last.out == (tmp_path / "o" / last.name).resolve()
+    assert main(["sweep", "--config", str(g), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" train ") == 8 and not (tmp_path / "o").exists()
+
+    # {out} in an override is the sweep folder
+    g2 = _grid(tmp_path, project, "cells:\n  - {name: crt, overrides: ['model.init_from={out}/ce/best.pt']}\n")
+    assert load_sweep(g2, out=tmp_path / "o").cells[0].cfg.model.init_from == str((tmp_path / "o" / "ce" / "best.pt").resolve())
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("grid: {loss.pp: [0.2]}\n", r"g.yaml:2: cell 'pp=0.2': .*unknown config key 'loss.pp'; did you mean 'loss.p'\?"),
+        ("cells:\n  - {name: a, overrides: [optim.lrr=1]}\n", r"g.yaml:3: cell 'a': .*did you mean 'optim.lr'\?"),
+        ("overrides: [modle.head=linear]\ncells:\n  - {name: a}\n", r"g.yaml:2: .*unknown config key 'modle"),
+        ("grids: {loss.p: [0.2]}\n", r"g.yaml:2: unknown grid key 'grids'; did you mean 'grid'\?"),
+        ("cells:\n  - {name: a, overides: []}\n", r"unknown cell key 'overides'; did you mean 'overrides'\?"),
+        ("cells:\n  - {name: a, overrides: [model.head=linear]}\n  - {name: b, eval_from: zz}\n", "eval_from 'zz'"),
+        ("cells:\n  - {name: a}\n  - {name: b, eval_from: a, overrides: [model.head=linear]}\n", "only override train"),
+        ("cells:\n  - {name: a}\n  - {name: a}\n", "two cells are named 'a'"),
+        ("cells:\n  - {name: a, overrides: [train.tau_norm=1.0]}\n", "needs model.head=linear"),
+    ],
+)
+def test_bad_grids_fail_before_any_run(project, tmp_path, monkeypatch, capsys, body, needle):
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("trained before validating every cell"))
+    g = _grid(tmp_path, project, body)
+    with pytest.raises(TinltError, match=needle):
+        load_sweep(g, out=tmp_path / "o")
+    assert main(["sweep", "--config", str(g), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinlt: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_a_failed_cell_does_not_stop_the_others(project, tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def fake_train(cfg, **kw):  # stands in for a run that fails at model.init_from
+        ran.append(Path(cfg.train.output_dir).name)
+        if cfg.model.init_from:
+            raise TinltError(f"config key 'model.init_from': checkpoint not found: {cfg.model.init_from}")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    g = _grid(tmp_path, project, "cells:\n  - {name: bad, overrides: ['model.init_from={out}/nope.pt']}\n"
+                                 "  - {name: good}\n")
+    assert main(["sweep", "--config", str(g), "--out", str(tmp_path / "o"), "-q"]) == 1
+    rows = _read_csv(tmp_path / "o" / "results.csv")
+    assert rows[0]["status"].startswith("failed: config key 'model.init_from': checkpoint not found")
+    assert ran == ["bad", "good"]  # the second cell still ran
+    assert rows[1]["status"] == "done"
+    assert "1 cell(s) failed: bad" in capsys.readouterr().out
