@@ -142,6 +142,9 @@ def _write_model(proto, out: Path, metadata: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         onnx.save(proto, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model file is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -284,7 +287,8 @@ def _images(samples, indices: np.ndarray, transform) -> torch.Tensor:
 # ----------------------------------------------------------------------------- quantisation
 
 
-def _weight_bytes_by_op(proto) -> dict[str, int]:
+def _weights_by_op(proto) -> dict[str, int]:
+    """Initializer elements feeding each op type."""
     inits = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
     out: dict[str, int] = {}
     for node in proto.graph.node:
@@ -294,11 +298,11 @@ def _weight_bytes_by_op(proto) -> dict[str, int]:
 
 
 def choose_quant_method(proto) -> str:
-    """"static" when Conv weights outnumber MatMul/Gemm weights, else "dynamic"."""
-    by_op = _weight_bytes_by_op(proto)
+    """"weights" when Conv weights outnumber MatMul/Gemm weights (conv towers), else "dynamic" (ViTs)."""
+    by_op = _weights_by_op(proto)
     conv = by_op.get("Conv", 0)
     mm = by_op.get("MatMul", 0) + by_op.get("Gemm", 0)
-    return "static" if conv >= mm else "dynamic"
+    return "weights" if conv >= mm else "dynamic"
 
 
 def classifier_node(proto) -> Optional[str]:
@@ -489,7 +493,7 @@ def quantize_int8(
         pre = _pre_process(Path(fp32_path), Path(tmp) / "pre.onnx")
         proto = onnx.load(str(pre))
         if method == "auto":
-            method = "weights" if choose_quant_method(proto) == "static" else "dynamic"
+            method = choose_quant_method(proto)
         exclude = list(dict.fromkeys(head_nodes(proto) + shape_nodes(proto)))
         if method == "weights":
             stem = first_weighted_node(proto)

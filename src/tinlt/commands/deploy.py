@@ -30,10 +30,11 @@ def register(subparsers) -> dict:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="model.onnx")
     p.add_argument("--quantize", choices=["int8"], default=None, help="also write an int8 graph <out>.int8.onnx")
-    p.add_argument("--int8-method", default="auto", choices=["auto", "static", "dynamic"],
-                   help="auto: static QDQ for conv-dominated graphs, dynamic for MatMul-dominated ones")
+    p.add_argument("--int8-method", default="auto", choices=["auto", "weights", "dynamic", "static"],
+                   help="weights: int8 weights, float math; dynamic: int8 MatMul; static: full int8 QDQ with "
+                   "calibration. auto: weights for conv-dominated graphs, dynamic for MatMul-dominated ones")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--calib-images", type=int, default=256, help="training images for static int8 calibration")
+    p.add_argument("--calib-images", type=int, default=256, help="training images to calibrate --int8-method static")
     p.add_argument("--parity-images", type=int, default=16, help="evaluation images for the PyTorch parity check")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| ONNX vs PyTorch (fp32)")
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.test.per_class_limit=200")
