@@ -61,11 +61,11 @@ def comparison_table(rows: Sequence[tuple[str, dict, float]]) -> str:
     def f(v):
         return "   -" if v is None else f"{v:5.1f}"
 
-    head = f"{'run':<34} {'overall':>7} {'many':>6} {'medium':>6} {'few':>6} {'inst.':>6} {'time':>7}"
+    head = f"{'run':<40} {'overall':>7} {'many':>6} {'medium':>6} {'few':>6} {'inst.':>6} {'time':>7}"
     lines = [head, "-" * len(head)]
     for name, m, secs in rows:
         lines.append(
-            f"{name:<34} {f(m['overall']):>7} {f(m['many']):>6} {f(m['medium']):>6} {f(m['few']):>6} "
+            f"{name:<40} {f(m['overall']):>7} {f(m['many']):>6} {f(m['medium']):>6} {f(m['few']):>6} "
             f"{f(m['instance_acc']):>6} {secs / 60:6.1f}m"
         )
     return "\n".join(lines)
