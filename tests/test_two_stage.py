@@ -5,7 +5,8 @@
   training prior and under a balanced prior are known in closed form;
 * cRT on a toy image tower whose 2-D embedding is the red-minus-blue colour of the image:
   a stage-1 linear head whose bias sends everything to the head class is re-trained with
-  class-balanced sampling on frozen features, and the boundary must land between the classes.
+  class-balanced sampling on frozen features: the boundary must move to the midpoint between
+  the classes, while instance sampling leaves it near the rare class.
 """
 
 from __future__ import annotations
@@ -322,8 +323,16 @@ def test_crt_rebalances_a_biased_head(toy, tmp_path):
     after = torch.load(out / "best.pt", weights_only=False)["model"]
     for name in ("image_tower.proj.weight", "image_tower.proj.bias"):
         assert torch.equal(after[name], stage1[name]), name  # features stayed fixed
-    # the classes sit at d = -0.5 +- 0.1 and +0.5 +- 0.1: the boundary moved into the gap around 0
-    assert abs(_boundary(after["head.weight"], after["head.bias"])) < 0.3
+    # the classes sit at d = -0.5 +- 0.1 and +0.5 +- 0.1: the boundary moved to the midpoint 0
+    crt_boundary = _boundary(after["head.weight"], after["head.bias"])
+    assert abs(crt_boundary) < 0.15
+    # the same stage 2 with instance sampling leaves the boundary near the rare class (d = -0.5)
+    plain = tmp_path / "instance"
+    train(load_config(overrides=_overrides(toy, plain, [
+        f"model.init_from={ckpt}", "model.reinit_head=true", "model.freeze_features=true",
+    ])))
+    inst = torch.load(plain / "best.pt", weights_only=False)["model"]
+    assert _boundary(inst["head.weight"], inst["head.bias"]) < crt_boundary - 0.15
 
     # tau-norm from the config, via `tinlt eval`: predictions follow the normalised rows
     ev = evaluate_checkpoint(out / "best.pt", ["train.tau_norm=1.0"], out_dir=tmp_path / "ev", quiet=True)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import load_config, to_yaml
+from .config import load_config
 from .errors import TinltError
 from .engine.progress import echo
 
@@ -43,12 +43,15 @@ def run_or_reuse(cfg, *, quiet: bool = False) -> tuple[dict, float, bool]:
 
     from .engine.trainer import train
 
+    from .sweep import same_config  # one rule for "same run" (ignores keys added later at their default)
+
     out = Path(cfg.train.output_dir)
-    metrics_path, cfg_path = out / "metrics.json", out / "config.yaml"
-    if metrics_path.is_file() and cfg_path.is_file() and cfg_path.read_text() == to_yaml(cfg):
+    metrics_path = out / "metrics.json"
+    same = same_config(out, cfg)
+    if metrics_path.is_file() and same:
         m = json.loads(metrics_path.read_text())
         return m, float(m.get("train_time_s", 0.0)), True
-    resume = (out / "last.pt").is_file() and cfg_path.is_file() and cfg_path.read_text() == to_yaml(cfg)
+    resume = (out / "last.pt").is_file() and same
     if not resume and out.exists():
         for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json"):
             (out / stale).unlink(missing_ok=True)

@@ -294,7 +294,7 @@ def _align(old: dict, new: dict, default: dict) -> tuple[dict, dict]:
     return a, b
 
 
-def _same_config(folder: Path, cfg: DictConfig) -> bool:
+def same_config(folder: Path, cfg: DictConfig) -> bool:
     """Whether ``folder/config.yaml`` describes the same run as ``cfg``.
 
     Keys in IGNORED_FOR_REUSE do not count, nor do config keys added to the schema after the
@@ -335,7 +335,7 @@ def _source_stamp(sweep: Sweep, cell: Cell) -> Optional[int]:
 def cell_state(sweep: Sweep, cell: Cell) -> str:
     """'done' (reusable), 'resume' (a last.pt for this config), or 'run'."""
     folder = cell.out
-    same = _same_config(folder, cell.cfg)
+    same = same_config(folder, cell.cfg)
     if same and (folder / "metrics.json").is_file():
         if cell.eval_from is None:
             return "done"
@@ -444,7 +444,7 @@ def results_rows(sweep: Sweep, states: Optional[dict] = None) -> list[dict]:
     rows = []
     for cell in sweep.cells:
         folder = cell.out
-        metrics = _read_json(folder / "metrics.json") if _same_config(folder, cell.cfg) else None
+        metrics = _read_json(folder / "metrics.json") if same_config(folder, cell.cfg) else None
         info = _read_json(folder / CELL_FILE) or {}
         state = (states or {}).get(cell.name)
         if state is None:  # just reading the folder
