@@ -44,7 +44,7 @@ def dataset(tmp_path_factory):
     return root
 
 
-def common_args(out: Path) -> list[str]:
+def common_args(out: Path, epochs: int = 2) -> list[str]:
     return [
         "model.name=tiny-vit",
         "data.image_size=32",
@@ -52,7 +52,7 @@ def common_args(out: Path) -> list[str]:
         "optim.batch_size=4",
         "optim.lr=1e-3",
         "optim.name=adamw",
-        "optim.epochs=2",
+        f"optim.epochs={epochs}",
         "train.eval_batch_size=8",
         f"train.output_dir={out}",
         "train.quiet=true",
@@ -79,3 +79,21 @@ def split_args(kind: str, root: Path) -> list[str]:
     ]
 
 
+
+
+RGB_CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="session")
+def rgb_folder(tmp_path_factory):
+    """A folder tree with 4 train and 2 test images for each of red/green/blue."""
+    root = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for c, colour in enumerate(([200, 30, 30], [30, 200, 30], [30, 30, 200])):
+            d = root / split / RGB_CLASSES[c]
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(np.array(colour) + rng.integers(-40, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root

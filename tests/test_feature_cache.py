@@ -209,17 +209,8 @@ def test_what_may_be_cached():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("test", 2)):
-        for c, colour in enumerate(([200, 30, 30], [30, 200, 30], [30, 30, 200])):
-            d = root / split / CLASSES[c]
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(np.array(colour) + rng.integers(-40, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
-    return root
+def folder(rgb_folder):
+    return rgb_folder  # conftest: 4 train / 2 test images per class
 
 
 def _cfg(folder, out, cache="", *extra):

@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from tinlt.cli import main
+
+from conftest import common_args  # noqa: E402
 from tinlt.data.samples import Samples
 from tinlt.data.sources import load_folder
 from tinlt.data.validate import check_image_file, validate_data, validate_samples
@@ -89,18 +91,8 @@ def messy(tmp_path_factory):
 
 
 def _common(out: Path) -> list[str]:
-    return [
-        "model.name=tiny-vit",
-        "data.image_size=32",
-        "data.num_workers=0",
-        "optim.batch_size=4",
-        "optim.lr=1e-3",
-        "optim.name=adamw",
-        "optim.epochs=1",
-        "train.eval_batch_size=8",
-        f"train.output_dir={out}",
-        "train.quiet=true",
-    ]
+    # reports on: the reliability tests read the run folder as a user would
+    return [a for a in common_args(out, epochs=1) if a != "train.report=false"]
 
 
 def _list_args(root: Path) -> list[str]:

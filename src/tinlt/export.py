@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -137,19 +136,10 @@ def _write_model(proto, out: Path, metadata: dict[str, Any]) -> Path:
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
     proto.doc_string = "tinlt: images (N,3,H,W) float32, normalised -> logits (N,C); see metadata_props"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .engine.checkpoint import atomic_target
+
+    with atomic_target(out, shared=True) as tmp:  # a model file is meant to be shared
+        onnx.save(proto, str(tmp))
     return out
 
 

@@ -7,6 +7,7 @@ flush and fsync it, then rename it over the old one (rename is atomic on POSIX).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -69,20 +70,35 @@ def find_resume(output_dir: str | Path) -> Path | None:
     return p if p.is_file() else None
 
 
-def copy_atomic(src: str | Path, dst: str | Path) -> Path:
-    """Copy a finished checkpoint under another name, with the same all-or-nothing rule."""
-    import shutil
+@contextlib.contextmanager
+def atomic_target(dst: str | Path, *, shared: bool = False):
+    """Yield a temporary path beside ``dst``; on success it is fsynced and renamed over ``dst``.
 
+    ``shared`` gives the file the usual umask permissions (mkstemp makes it owner-only).
+    """
     dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if shared:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return dst
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Copy a finished checkpoint under another name, with the same all-or-nothing rule."""
+    import shutil
+
+    with atomic_target(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
