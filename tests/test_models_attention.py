@@ -116,3 +116,26 @@ def test_gated_attention_nonzero_gate():
 def test_lka_rejects_zero_channels():
     with pytest.raises(ValueError):
         LargeKernelAttention(0)
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (2, 2), (1, 1), (3, 10), (20, 20)])
+def test_cropped_kernels_give_the_full_convolutions_output_and_gradients(hw):
+    # small maps skip taps that only see padding; outputs and all gradients must not change
+    torch.manual_seed(2)
+    c = 4
+    lka = LargeKernelAttention(c).double()
+    x = torch.randn(2, c, *hw, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    w0, ws, w1 = lka.conv0.weight, lka.conv_spatial.weight, lka.conv1.weight
+    ref = F.conv2d(x2, w0, lka.conv0.bias, padding=2, groups=c)
+    ref = F.conv2d(ref, ws, lka.conv_spatial.bias, padding=9, dilation=3, groups=c)
+    ref = F.conv2d(ref, w1, lka.conv1.bias) * x2
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (x2, w0, ws, w1), g)
+    out = lka(x)
+    grads = torch.autograd.grad(out, (x, w0, ws, w1), g)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if hw == (7, 7):  # the outer ring of the dilated 7x7 kernel never touches a 7x7 map
+        assert grads[2][:, :, 0].abs().max() == 0 and grads[2][:, :, 1:-1, 1:-1].abs().min() > 0

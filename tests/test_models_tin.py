@@ -272,3 +272,30 @@ def test_set_classnames_changes_logits_width():
 def test_bad_arguments_are_tinlt_errors(kwargs, match):
     with pytest.raises(TinltError, match=match):
         _tin(**kwargs)
+
+
+def test_freeze_bn_stats_keeps_running_statistics_while_affine_weights_train():
+    from tinlt.models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model({"name": "tiny-rn", "freeze_bn_stats": True}, CLASSES, image_size=32)
+    model.train()
+    bns = [m for m in model.image_tower.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns) and model.attention.training
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    weights = bns[0].weight.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x = _images(32, n=4)
+    x0 = x[:1]
+    with torch.no_grad():  # eval-mode BN: an image's embedding does not depend on its batch
+        alone = model.encode_image(x0)
+        in_batch = model.encode_image(x)[:1]
+    torch.testing.assert_close(alone, in_batch, rtol=0, atol=1e-5)
+    F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(bns[0].weight.detach(), weights)
+
+    plain = create_model({"name": "tiny-rn"}, CLASSES, image_size=32).train()
+    assert all(m.training for m in plain.image_tower.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -341,3 +341,20 @@ def test_builder_accepts_dict_and_rejects_bad_embed_dim():
     assert image.output_dim == text.output_dim == 24
     assert image.trunk.grad_checkpointing
     assert any(getattr(m, "gradient_checkpointing", False) for m in text.bert.modules())
+
+
+def test_bucketed_prompts_match_the_padded_batch(towers):
+    from tinlt.models.text_buckets import plan_buckets, take
+
+    _, text = towers
+    tok = text.tokenize(PROMPTS[:3], truncate=True)
+    lengths = text.token_lengths(tok)
+    assert lengths.tolist() == [len(text.tokenizer(p)["input_ids"]) for p in PROMPTS[:3]]
+    buckets = plan_buckets(lengths, 3)
+    assert len(buckets) == 3
+    with torch.no_grad():
+        whole = text(tok)
+        for b in buckets:
+            part = take(tok, b.rows, b.length)
+            assert part["attention_mask"].all()  # no padding left in a bucket of one length
+            torch.testing.assert_close(text(part), whole[b.rows], rtol=0, atol=1e-5)

@@ -74,12 +74,16 @@ class ModelConfig:
     freeze_image: bool = False
     freeze_text: bool = False
     truncate_text: bool = True
+    text_buckets: int = 4  # with truncate_text: encode prompts in <= this many length groups (1 = one group)
     embed_dim: int = 256  # shared space of the offline towers' projections
     logit_scale: float = 14.285714  # 1/0.07, CLIP's initial temperature
     learn_logit_scale: bool = True
     pretrained_image: bool = True  # offline towers: load packaged weights per tower
     pretrained_text: bool = True
     grad_checkpointing: bool = False
+    # keep the image tower's BatchNorm running statistics at their pretrained values while
+    # fine-tuning (affine weights still train), as detection fine-tuning does with small batches
+    freeze_bn_stats: bool = False
     # keep the text tower's vocabulary table fixed: a few prompts touch a handful of its rows,
     # yet a dense optimizer update of all of them (25M values for CLIP) costs every step
     freeze_token_embeddings: bool = False

@@ -10,11 +10,36 @@ step 0 and the attention fades in as the gate learns.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+def _reach(size: int, kernel: int, dilation: int) -> int:
+    """Taps each side of the centre that can land on a ``size``-pixel axis: a tap
+    ``dilation * j`` away lies in the zero padding from every output pixel once
+    ``dilation * j >= size``."""
+    return min((kernel - 1) // 2, (size - 1) // dilation)
+
+
+def depthwise_conv_cropped(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` for a same-padded depthwise conv, skipping the kernel taps that only
+    ever see padding (a 7x7 kernel with dilation 3 on CLIP's 7x7 map keeps 5x5 of them).
+    Exact: the dropped taps multiply zeros; their weights get zero gradient either way."""
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    rh, rw = _reach(x.shape[-2], k, d), _reach(x.shape[-1], k, d)
+    c = (k - 1) // 2
+    if rh == c and rw == c:
+        return conv(x)
+    weight = conv.weight[:, :, c - rh:c + rh + 1, c - rw:c + rw + 1]
+    return F.conv2d(x, weight, conv.bias, padding=(d * rh, d * rw), dilation=d, groups=conv.groups)
+
+
 class LargeKernelAttention(nn.Module):
-    """attn = conv1x1(dwconv7x7_dil3(dwconv5x5(x))); out = attn * x. Shape-preserving."""
+    """attn = conv1x1(dwconv7x7_dil3(dwconv5x5(x))); out = attn * x. Shape-preserving.
+
+    On maps smaller than a kernel's reach (7x7 at 224 px for CLIP, 2x2 at 64 px for the
+    offline tower) the depthwise convs run only the taps that can touch the map.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
@@ -27,7 +52,7 @@ class LargeKernelAttention(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn = self.conv1(self.conv_spatial(self.conv0(x)))
+        attn = self.conv1(depthwise_conv_cropped(depthwise_conv_cropped(x, self.conv0), self.conv_spatial))
         return attn * x
 
 

@@ -93,6 +93,11 @@ class TextTower(nn.Module):
     def forward(self, tokens: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def token_lengths(self, tokens: Any) -> Optional[torch.Tensor]:  # optional
+        """(N,) columns each row needs: cutting a row after them does not change its
+        output. None (the default) when no such cut is exact for this tower."""
+        return None
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:  # optional
         pass
 

@@ -278,6 +278,10 @@ class OpenCLIPTextTower(TextTower):
         end = int(self._pool_index(tokens).max()) + 1
         return tokens[:, :end]
 
+    def token_lengths(self, tokens: Any) -> Optional[torch.Tensor]:
+        # the causal mask keeps every column after the pooled token out of its output
+        return self._pool_index(tokens) + 1 if self.truncation_exact else None
+
     def forward(self, tokens: Any) -> torch.Tensor:
         if self._delegate:
             out = self.text(tokens)

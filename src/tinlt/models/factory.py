@@ -125,6 +125,7 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
         logit_scale=cfg.logit_scale,
         learn_logit_scale=cfg.learn_logit_scale,
         truncate_text=cfg.truncate_text,
+        text_buckets=cfg.text_buckets,
     )
     model.freeze(image=cfg.freeze_image, text=cfg.freeze_text)
     if cfg.freeze_token_embeddings and model.text_tower is not None:
@@ -133,6 +134,8 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
                 m.weight.requires_grad_(False)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if cfg.freeze_bn_stats:
+        model.freeze_bn_stats(True)
     return model
 
 

@@ -280,6 +280,10 @@ class MiniLMTextTower(TextTower):
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def token_lengths(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # padding is right-aligned and masked out of attention and the mean pool
+        return tokens["attention_mask"].sum(dim=1)
+
     def encode_pooled(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(N, 384) mean-pooled token states, before the projection (sentence-transformers' embedding, unnormalised)."""
         device = self.proj.weight.device

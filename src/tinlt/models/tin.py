@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import TinltError
 from .attention import GatedAttention
 from .base import ImageTower, SplitFeatures, TextTower
+from .text_buckets import plan_buckets, take
 
 HEADS = ("text", "linear")
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
@@ -64,6 +65,9 @@ class TIN(nn.Module):
       logit_scale: initial exp(logit_scale), stored as its log like CLIP, clamped at 100.
       learn_logit_scale: train it (else a fixed buffer).
       truncate_text: let the text tower drop padding that cannot change its output.
+      text_buckets: with truncation, encode the prompts in up to this many groups of similar
+        length, each cut to its own longest prompt (tinlt/models/text_buckets.py); 1 = one
+        group cut to the longest prompt overall.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class TIN(nn.Module):
             logit_scale: float = 1 / 0.07,
             learn_logit_scale: bool = True,
             truncate_text: bool = True,
+            text_buckets: int = 4,
     ):
         super().__init__()
         if head not in HEADS:
@@ -85,6 +90,10 @@ class TIN(nn.Module):
             raise TinltError("model.head = 'text' needs a text tower")
         self.head_type = head
         self.truncate_text = bool(truncate_text)
+        if int(text_buckets) < 1:
+            raise TinltError(f"model.text_buckets = {text_buckets}; must be >= 1")
+        self.text_buckets = int(text_buckets)
+        self._bucket_lengths: list[int] = []  # empty: one call over all prompts
         self.image_tower = image_tower
         self.text_tower = text_tower if head == "text" else None
         self.attention = GatedAttention(image_tower.feature_channels) if visual_attention else None
@@ -104,6 +113,7 @@ class TIN(nn.Module):
         # tower parameters that may train at all (open_clip fixes some, e.g. sin-cos positions)
         self._trainable_by_design = {n for n, p in self.named_parameters() if p.requires_grad}
         self._frozen = {"image": False, "text": False}
+        self._bn_stats_frozen = False
         self._token_names: list[str] = []
         self._token_keys: Optional[list[str]] = None  # None: tokens are one tensor
         self._tokens_version = 0
@@ -142,6 +152,7 @@ class TIN(nn.Module):
         else:
             tokens = self.text_tower.tokenize(self.prompts(), truncate=self.truncate_text)
             self._set_tokens(tokens, device)
+            self._set_buckets(device)
         self._text_cache = None
 
     def _device(self) -> torch.device:
@@ -166,6 +177,34 @@ class TIN(nn.Module):
             self._token_names.append(name)
         self._tokens_version += 1
 
+    def _set_buckets(self, device: torch.device) -> None:
+        for i in range(len(self._bucket_lengths)):
+            del self._buffers[f"text_bucket_rows_{i}"]
+        self._bucket_lengths = []
+        if "text_bucket_inverse" in self._buffers:
+            del self._buffers["text_bucket_inverse"]
+        if not self.truncate_text or self.text_buckets < 2:
+            return
+        lengths = self.text_tower.token_lengths(self._tokens())
+        if lengths is None:  # the tower cannot cut rows exactly
+            return
+        buckets = plan_buckets(lengths, self.text_buckets)
+        if len(buckets) < 2:
+            return
+        for i, b in enumerate(buckets):
+            self.register_buffer(f"text_bucket_rows_{i}", b.rows.to(device), persistent=False)
+        order = torch.cat([b.rows for b in buckets])
+        self.register_buffer("text_bucket_inverse", torch.argsort(order).to(device), persistent=False)
+        self._bucket_lengths = [b.length for b in buckets]
+
+    def text_token_count(self) -> int:
+        """Token columns one pass over all prompts runs through the text tower."""
+        tokens = self._tokens()
+        first = tokens if self._token_keys is None else next(iter(tokens.values()))
+        if not self._bucket_lengths:
+            return int(first.shape[0] * first.shape[1])
+        return sum(len(self._buffers[f"text_bucket_rows_{i}"]) * n for i, n in enumerate(self._bucket_lengths))
+
     def _tokens(self) -> Any:
         if self._token_keys is None:
             return self._buffers[self._token_names[0]]
@@ -181,13 +220,19 @@ class TIN(nn.Module):
 
     def _encode_prompts(self) -> torch.Tensor:
         tokens = self._tokens()
-        n = (tokens if self._token_keys is None else next(iter(tokens.values()))).shape[0]
+        if self._bucket_lengths:
+            parts = [take(tokens, self._buffers[f"text_bucket_rows_{i}"], n) for i, n in enumerate(self._bucket_lengths)]
+        else:
+            parts = [tokens]
         chunks = []
-        for start in range(0, n, self.text_batch_size):
-            end = start + self.text_batch_size
-            part = tokens[start:end] if self._token_keys is None else {k: v[start:end] for k, v in tokens.items()}
-            chunks.append(self.text_tower(part))
-        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        for part in parts:
+            n = (part if isinstance(part, torch.Tensor) else next(iter(part.values()))).shape[0]
+            for start in range(0, n, self.text_batch_size):
+                end = start + self.text_batch_size
+                sub = part[start:end] if isinstance(part, torch.Tensor) else {k: v[start:end] for k, v in part.items()}
+                chunks.append(self.text_tower(sub))
+        out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        return out[self._buffers["text_bucket_inverse"]] if self._bucket_lengths else out
 
     def _compute_text_features(self) -> torch.Tensor:
         feats = F.normalize(self._encode_prompts(), dim=-1)
@@ -281,11 +326,21 @@ class TIN(nn.Module):
         self.train(self.training)
         self._text_cache = None
 
+    def freeze_bn_stats(self, enable: bool = True) -> None:
+        """Keep the image tower's BatchNorm layers in eval mode (running statistics fixed)
+        whatever ``train()`` says; their affine weights still train."""
+        self._bn_stats_frozen = bool(enable)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "TIN":
         super().train(mode)
         for key, tower in self._towers():
             if tower is not None and self._frozen[key]:
                 tower.eval()
+        if self._bn_stats_frozen:
+            for m in self.image_tower.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         if mode and self.text_tower is not None and not self._text_frozen():
             self._text_cache = None  # weights are about to change
         return self
