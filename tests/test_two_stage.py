@@ -352,3 +352,47 @@ def test_crt_rebalances_a_biased_head(toy, tmp_path):
     assert preds.tolist() == expect.tolist()
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["predictions"]["pred"] == ev["predictions"]["pred"]
+
+
+def test_deployment_paths_apply_tau_norm_and_posthoc_adjustment_like_eval(toy, tmp_path):
+    # predict and export must score as the run's own evaluation did: tau-normalised rows,
+    # zero bias, minus tau * log prior (here computed by hand from the training counts 24 : 3)
+    import onnxruntime as ort
+
+    from tinlt.engine.inference import load_model
+    from tinlt.engine.trainer import make_transforms, train
+    from tinlt.export import export_checkpoint
+    from tinlt.predict import predict_paths
+
+    out = tmp_path / "run"
+    cfg = load_config(overrides=_overrides(toy, out, ["train.posthoc_tau=1.0", "train.tau_norm=1.0"]))
+    metrics = train(cfg)
+    raw, _, _ = load_model(out / "best.pt", adjust=False)
+    w = raw.head.weight.detach()
+    log_prior = torch.log(torch.tensor([24.0, 3.0]) / 27.0)
+    _, eval_tf = make_transforms(raw, cfg)
+    paths = [ln.split()[0] for ln in toy["test"].read_text().splitlines()]
+    imgs = torch.stack([eval_tf(Image.open(toy["root"] / "test" / p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        expected = raw.encode_image(imgs) @ (w / w.norm(dim=1, keepdim=True)).t() - 1.0 * log_prior
+
+    adjusted, _, _ = load_model(out / "best.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(adjusted(imgs), expected, rtol=0, atol=1e-5)
+    assert torch.equal(raw.head.weight, w)  # adjust=False left the trained head alone
+
+    order = np.argsort(metrics["predictions"]["index"])
+    assert np.asarray(metrics["predictions"]["pred"])[order].tolist() == expected.argmax(1).tolist()
+
+    rows = predict_paths(out / "best.pt", [toy["root"] / "test" / p for p in paths], topk=2)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    probs = expected.softmax(1)
+    for i, p in enumerate(paths):
+        top = by_name[p]["topk"]
+        assert top[0]["index"] == int(probs[i].argmax())
+        assert top[0]["score"] == pytest.approx(float(probs[i].max()), abs=1e-5)
+
+    res = export_checkpoint(out / "best.pt", tmp_path / "m.onnx", quiet=True)
+    sess = ort.InferenceSession(str(res.onnx), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": imgs.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-5)

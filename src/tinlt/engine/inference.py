@@ -23,9 +23,17 @@ from .progress import echo
 from .trainer import DataBundle, _summary, _write_json, evaluate_samples, make_transforms, resolve_device
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, config, checkpoint dict) from a tinlt checkpoint; no pretrained files needed."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", adjust: bool = True):
+    """(model, config, checkpoint dict) from a tinlt checkpoint; no pretrained files needed.
+
+    ``adjust``: build the run's evaluation-time adjustments into the model, as every
+    deployment path (predict, export, calibrate) must score like ``tinlt eval``:
+    ``train.tau_norm`` rewrites the linear head in place, ``train.posthoc_tau`` becomes a
+    fixed logit offset (``TIN.set_logit_offset``).
+    """
+    from ..losses import logit_adjust
     from ..models.factory import create_model
+    from ..two_stage import tau_normalize_
 
     ckpt = ckpt_io.load_checkpoint(path)
     cfg = from_dict(ckpt["config"])
@@ -34,6 +42,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     )  # the state dict below overwrites every weight anyway
     model = create_model(build_cfg, ckpt["classnames"], image_size=cfg.data.image_size)
     model.load_state_dict(ckpt["model"])
+    if adjust:
+        tau_norm = cfg.train.get("tau_norm", None)
+        if tau_norm is not None:
+            tau_normalize_(model, float(tau_norm))
+        tau = float(cfg.train.get("posthoc_tau", 0.0) or 0.0)
+        if tau:
+            counts = np.asarray(ckpt["train_counts"])
+            model.set_logit_offset(logit_adjust(torch.zeros(1, len(counts)), counts, tau=tau)[0])
     model.to(device).eval()
     return model, cfg, ckpt
 
@@ -57,7 +73,7 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on its test split (or one given by ``data.test.*`` overrides)."""
     from ..data.build import build_split
 
-    model, cfg, ckpt = load_model(path)
+    model, cfg, ckpt = load_model(path, adjust=False)  # evaluate_samples applies train.tau_norm / posthoc_tau
     if overrides:
         bad = [o for o in overrides if not o.startswith(("data.", "train."))]
         if bad:

@@ -298,10 +298,23 @@ class TIN(nn.Module):
     def classify(self, image: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, D) L2-normalised image embeddings -> (B, num_classes) logits."""
         if self.head_type == "linear":
-            return self.head(image)
-        text = text_features if text_features is not None else self.class_text_features()
-        text = F.normalize(text, dim=-1).to(image.dtype)
-        return self.scale().to(image.dtype) * image @ text.t()
+            logits = self.head(image)
+        else:
+            text = text_features if text_features is not None else self.class_text_features()
+            text = F.normalize(text, dim=-1).to(image.dtype)
+            logits = self.scale().to(image.dtype) * image @ text.t()
+        offset = self._buffers.get("logit_offset")
+        return logits if offset is None else logits + offset.to(logits.dtype)
+
+    def set_logit_offset(self, offset: Optional[torch.Tensor]) -> None:
+        """Add a fixed (num_classes,) offset to every logit, e.g. post-hoc logit adjustment
+        for a deployed model (None removes it). Not saved in the state dict: deployment
+        paths derive it from the run's config (tinlt.engine.inference.load_model)."""
+        if offset is not None and tuple(offset.shape) != (self.num_classes,):
+            raise TinltError(f"logit offset: expected shape ({self.num_classes},), got {tuple(offset.shape)}")
+        self._buffers.pop("logit_offset", None)
+        if offset is not None:
+            self.register_buffer("logit_offset", offset.detach().float().to(self._device()), persistent=False)
 
     # -- training setup ----------------------------------------------------------------
     def _towers(self) -> list[tuple[str, Optional[nn.Module]]]:
