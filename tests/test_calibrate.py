@@ -184,6 +184,26 @@ def test_calibrate_end_to_end(binary, tmp_path, capsys):
     want = ["a defect" if p >= ckpt["threshold"] else "b normal" for p in p_test]
     assert [r["prediction"]["class"] for r in rows] == want
 
+    # tinlt eval reports the operating point next to argmax; on a copy whose threshold moves decisions
+    y_test = np.array([p.parent.name == "a_defect" for p in test_imgs])
+    argmax = _probs(model, test_imgs).argmax(1) == 0
+    cuts = np.sort(np.concatenate([[0.0, 1.0], p_test]))
+    moved = [t for t in (cuts[:-1] + cuts[1:]) / 2 if ((p_test >= t) != argmax).any()]
+    assert moved
+    ev_ckpt = dict(ckpt, threshold=float(moved[0]))
+    ev_path = save_atomic(ev_ckpt, tmp_path / "ev" / "best.pt")
+    assert main(["eval", "--checkpoint", str(ev_path), "--quiet"]) == 0
+    ev = json.loads((ev_path.parent / "eval" / "metrics.json").read_text())
+    at_t = p_test >= moved[0]
+    at = ev["at_threshold"]
+    assert at["threshold"] == moved[0]
+
+    def balanced(decided):  # mean of defect recall and normal specificity, in %
+        return 100 * ((decided & y_test).sum() / y_test.sum() + (~decided & ~y_test).sum() / (~y_test).sum()) / 2
+
+    assert at["overall"] == pytest.approx(balanced(at_t))
+    assert ev["overall"] == pytest.approx(balanced(argmax))
+
     # export carries it into the metadata, and the ONNX path applies it the same way
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(path), "--out", str(onnx_path), "--quiet"]) == 0

@@ -4,6 +4,7 @@ matches, rebuilt when weights, preprocessing or data change, and used by the tra
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +105,11 @@ def test_valid_cache_is_read_without_running_the_tower(tmp_path):
     samples = _samples(_arrays(9))
     first = _store(model, tmp_path).dataset(samples)
     counter = _Counter(model.image_tower)
+    os.utime(first.entry / "meta.json", (1e9, 1e9))  # long unused
     store = _store(model, tmp_path)
     second = store.dataset(samples)
     assert counter.calls == 0 and store.built == []
+    assert (first.entry / "meta.json").stat().st_mtime > 1e9  # a read marks it used (tinlt cache prune)
     assert second.entry == first.entry
     for name, arr in first.arrays().items():
         assert np.array_equal(arr, second.arrays()[name])

@@ -51,6 +51,33 @@ def test_image_tower_matches_encode_image(clip):
     torch.testing.assert_close(image(x), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("overrides, shortcut", [
+    ({}, True),  # CLIP's class-token pooling
+    ({"pool_type": "avg"}, False),  # mean of the patch tokens: every token's output counts
+    ({"ls_init_value": 0.5}, True),  # LayerScale inside the block
+    ({"final_ln_after_pool": True}, True),
+])
+def test_class_token_only_last_block_is_exact(overrides, shortcut):
+    cfg = open_clip.get_model_config("tiny-vit")
+    torch.manual_seed(3)
+    model = open_clip.CLIP(embed_dim=cfg["embed_dim"], vision_cfg={**cfg["vision_cfg"], **overrides},
+                           text_cfg=cfg["text_cfg"]).eval()
+    image, _ = _towers(model, "tiny-vit")
+    assert image.pooled_token_only is shortcut
+    x = torch.randn(3, 3, 32, 32)
+    fmap, aside = image.forward_split(x)
+    fmap = fmap.detach().requires_grad_(True)
+    got = image.forward_merge(fmap, aside)
+    (grad,) = torch.autograd.grad(got.square().sum(), fmap)
+    image.pooled_token_only = False  # all tokens through the whole block, open_clip's pooling
+    full = image.forward_merge(fmap, aside)
+    (grad_full,) = torch.autograd.grad(full.square().sum(), fmap)
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad, grad_full, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(full, model.encode_image(x), rtol=0, atol=1e-5)
+
+
 def test_vit_map_is_patch_grid_before_last_block():
     torch.manual_seed(1)
     model = open_clip.create_model("tiny-vit").eval()

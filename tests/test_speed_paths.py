@@ -166,3 +166,28 @@ def test_channels_last_only_for_convolutional_towers():
     params_4d = [p for p in rn.parameters() if p.ndim == 4]
     assert params_4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in params_4d)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_fp16_overflow_lowers_the_loss_scale():
+    from tinlt.engine.trainer import back_off
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, backoff_factor=0.5)
+    back_off(scaler, torch.tensor(float("inf")))  # a first-batch overflow: the scale exists already
+    assert scaler.get_scale() == 512.0
+    back_off(scaler, torch.tensor(float("nan")))
+    assert scaler.get_scale() == 256.0
+
+
+def test_compiler_failure_is_one_line(folder, tmp_path, monkeypatch):
+    from tinlt.errors import TinltError
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found\n(long details)")
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=broken_backend, **kw))
+    with pytest.raises(TinltError) as err:
+        train(_cfg(folder, tmp_path / "run", "train.compile=true"))
+    msg = str(err.value)
+    assert msg.startswith("train.compile: torch.compile failed") and "train.compile=false" in msg
+    assert "\n" not in msg

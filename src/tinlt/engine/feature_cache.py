@@ -23,7 +23,7 @@ depend on: model name, tower class, a SHA-256 of the fixed weights, the preproce
 (image size, mean/std, the transform's repr, the JPEG draft size), the data (each path
 with its size and mtime, or the bytes of in-memory arrays), the compute precision and
 device type. Change any of them and a new entry is built; old entries are never read
-again (delete the folder to reclaim space). Entries are written to a temporary folder
+again (``tinlt cache prune`` removes them, see cache_entries.py). Entries are written to a temporary folder
 and renamed into place, so an interrupted build leaves nothing that could be read.
 
 Features are computed in the precision training uses (``train.amp``: bf16 autocast on
@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models.base import SplitFeatures
 from ..models.tin import TIN, ImageEmbedding
+from .cache_entries import default_cache_dir, resolve_cache_dir, touch  # noqa: F401 (re-exported)
 from .evaluate import autocast_for
 from .progress import echo, progress
 
@@ -204,19 +205,6 @@ def cacheable_kind(model: TIN, image_size: int) -> tuple[Optional[str], str]:
 # --------------------------------------------------------------------------- keys
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tinlt" / "features"
-
-
-def resolve_cache_dir(setting: Optional[str]) -> Optional[Path]:
-    """``train.feature_cache``: "" -> None (off), "auto" -> default_cache_dir(), else that folder."""
-    setting = (setting or "").strip()
-    if not setting:
-        return None
-    return default_cache_dir() if setting == "auto" else Path(setting).expanduser()
-
-
 def _hash_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
     for name, t in sorted(named, key=lambda kv: kv[0]):
@@ -353,6 +341,7 @@ class FeatureStore:
         self.barrier()
         if not self._valid(entry, key):
             self._build(samples, entry, key, desc)
+        touch(entry)  # recency for `tinlt cache prune`
         ds = FeatureDataset(entry, self.kind, samples.labels)
         self._open[id(samples)] = ds
         return ds

@@ -90,11 +90,17 @@ def evaluate_checkpoint(
         )
     data = _bundle_from_checkpoint(ckpt, test)
     _, eval_tf = make_transforms(model, cfg)
-    metrics = evaluate_samples(model, test, eval_tf, cfg, DistInfo(), device, data, desc="eval")
+    from ..onnx_predict import threshold_rule
+
+    rule = threshold_rule(ckpt.get("threshold"), ckpt.get("threshold_info"), ckpt["classnames"])
+    metrics = evaluate_samples(model, test, eval_tf, cfg, DistInfo(), device, data, desc="eval", threshold_rule=rule)
     out = Path(out_dir) if out_dir else Path(path).resolve().parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "metrics.json", metrics)
     echo(f"eval: {_summary(metrics)} | metrics: {out / 'metrics.json'}", quiet=quiet)
+    if "at_threshold" in metrics:
+        at = metrics["at_threshold"]
+        echo(f"eval at the calibrated threshold ({at['rule']}): {_summary(at)}", quiet=quiet)
     return metrics
 
 

@@ -12,6 +12,7 @@ inside the epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -496,12 +497,13 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 with autocast_for(device, amp):
-                    logits = train_model(images)
+                    logits = compiled_forward(train_model, images) if cfg.train.compile else train_model(images)
                 logits = logits.float()
                 logits.retain_grad()
                 loss = loss_fn(logits, targets)
                 if not torch.isfinite(loss):
-                    if use_scaler:  # fp16 overflow: skip the step as AMP does
+                    if use_scaler:  # fp16 overflow: skip the step and lower the scale, as AMP does
+                        back_off(scaler, loss)
                         optimizer.zero_grad(set_to_none=True)
                         batch_in_epoch += 1
                         continue
@@ -610,7 +612,27 @@ def _gather_rng():
     return out
 
 
-def evaluate_samples(model, samples, transform, cfg, dist_info, device, data, desc="eval", features=None) -> dict:
+def back_off(scaler: "torch.amp.GradScaler", loss: torch.Tensor) -> None:
+    """A non-finite fp16 loss skips its step; lower the loss scale as GradScaler does when
+    the gradients overflow, or every later batch would overflow the same way."""
+    scaler.scale(loss)  # initialises the scale on a first-batch overflow
+    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+
+
+def compiled_forward(model, images):
+    """The compiled forward, with a compiler failure as one line instead of dynamo's traceback."""
+    try:
+        return model(images)
+    except torch._dynamo.exc.TorchDynamoException as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TinltError(f"train.compile: torch.compile failed ({type(e).__name__}: {first}); "
+                         "set train.compile=false to train without it") from None
+
+
+def evaluate_samples(model, samples, transform, cfg, dist_info, device, data, desc="eval", features=None,
+                     threshold_rule=None) -> dict:
+    """Metrics of ``model`` on ``samples``; with a two-class ``threshold_rule`` (tinlt calibrate)
+    also ``at_threshold``: the same metrics for the thresholded decisions."""
     from ..two_stage import eval_adjustments
 
     loader = eval_loader(samples, transform, cfg, dist_info, device, features=features)
@@ -628,6 +650,13 @@ def evaluate_samples(model, samples, transform, cfg, dist_info, device, data, de
     }
     if pred.scores is not None:
         m["predictions"]["scores"] = np.round(pred.scores, 6).tolist()
+    if threshold_rule is not None and pred.scores is not None:
+        decided = threshold_rule.decide(pred.scores)
+        confusion = np.zeros_like(pred.confusion)
+        np.add.at(confusion, (pred.targets, decided), 1)
+        at = metrics_from_predictions(dataclasses.replace(pred, confusion=confusion, preds=decided),
+                                      groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
+        m["at_threshold"] = {"threshold": threshold_rule.value, "rule": threshold_rule.describe(), **at}
     return m
 
 

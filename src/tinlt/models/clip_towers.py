@@ -26,7 +26,13 @@ import open_clip
 import torch
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import PatchDropout, TextTransformer, VisionTransformer, text_global_pool
+from open_clip.transformer import (
+    PatchDropout,
+    ResidualAttentionBlock,
+    TextTransformer,
+    VisionTransformer,
+    text_global_pool,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -74,6 +80,12 @@ class OpenCLIPImageTower(ImageTower):
     token aside (B, 1, C). forward_merge puts the tokens back in sequence, runs the last
     block, then open_clip's own pooling (pool_type, attn_pool, final_ln_after_pool) and
     projection, so with the map untouched the result is ``clip_model.encode_image``.
+
+    When the embedding is the class token (pool_type "tok", no attention pooler; CLIP's
+    ViTs), the last block computes only that token's output: every token still supplies
+    keys and values, but the query, the output projection and the MLP run on one token
+    instead of 50 (ViT-B/32 at 224 px), about 5x less work in that block. Exact: the other
+    tokens' outputs are discarded by the pooling anyway (``pooled_token_only``).
     """
 
     def __init__(
@@ -99,6 +111,7 @@ class OpenCLIPImageTower(ImageTower):
                 "(supported: open_clip ModifiedResNet and VisionTransformer)"
             )
         self.output_dim = int(visual.output_dim)
+        self.pooled_token_only = self.kind == "vit" and self._class_token_pooling(visual)
         self.image_size = _square_size(visual.image_size, name)
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
@@ -122,7 +135,29 @@ class OpenCLIPImageTower(ImageTower):
         if visual.attn_pool is None and visual.pool_type == "none":
             raise TinltError(f"model '{name}': ViT pool_type 'none' yields tokens, not an embedding")
 
+    @staticmethod
+    def _class_token_pooling(visual: VisionTransformer) -> bool:
+        last = visual.transformer.resblocks[-1]
+        return (
+            visual.attn_pool is None and visual.pool_type == "tok"
+            and type(last) is ResidualAttentionBlock and isinstance(last.attn, nn.MultiheadAttention)
+            and not hasattr(last, "ln_1_kv")
+        )
+
     # -- ViT helpers ---------------------------------------------------------------
+    def _last_block_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, D) class-token output of the last block (see class doc)."""
+        blk = self.visual.transformer.resblocks[-1]
+        y = blk.ln_1(x)
+        q = y[:, :1]
+        if self.visual.transformer.batch_first:
+            a = blk.attn(q, y, y, need_weights=False)[0]
+        else:
+            a = blk.attn(q.transpose(0, 1), y.transpose(0, 1), y.transpose(0, 1), need_weights=False)[0]
+            a = a.transpose(0, 1)
+        c = x[:, :1] + blk.ls_1(a)
+        c = c + blk.ls_2(blk.mlp(blk.ln_2(c)))
+        return c[:, 0]
     def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
         transformer = self.visual.transformer
         if not transformer.batch_first:
@@ -171,6 +206,9 @@ class OpenCLIPImageTower(ImageTower):
         v = self.visual
         tokens = fmap.flatten(2).transpose(1, 2)
         x = torch.cat([aside.to(tokens.dtype), tokens], dim=1)
+        if self.pooled_token_only:
+            pooled = v.ln_post(self._last_block_class_token(x))  # ln_post is per token: before or after pooling alike
+            return pooled @ v.proj if v.proj is not None else pooled
         x = self._run_blocks(x, v.transformer.resblocks[-1:])
         pooled, _ = v._pool(x)
         if v.proj is not None:
