@@ -284,6 +284,11 @@ def test_threshold_operating_point(binary_run, tmp_path):
     (run / "metrics.json").write_text(json.dumps(m))
     fig = report.fig_pr_roc(report.load_run(run), [])
     assert not any(l.get_label().startswith("threshold") for l in fig.axes[0].get_lines())
+    # tinlt calibrate's file in the run folder marks the same point
+    (run / "calibration.json").write_text(json.dumps({"threshold": 0.4, "target_recall": 0.95}))
+    fig = report.fig_pr_roc(report.load_run(run), [])
+    line = next(l for l in fig.axes[0].get_lines() if l.get_label() == "threshold 0.4")
+    assert line.get_xdata()[0] == pytest.approx(tp / y.sum())
 
 
 # --------------------------------------------------------------------------- compare

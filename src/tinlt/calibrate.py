@@ -207,4 +207,11 @@ def calibrate_checkpoint(
         f"argmax: recall {argmax_r:.4f}, precision {argmax_p:.4f}) | stored in {path}; {run / CALIBRATION_JSON}",
         quiet=quiet,
     )
+    if (run / "report").is_dir() and (run / "metrics.json").is_file():  # its PR figure marks the new point
+        from .report import build_report
+
+        try:
+            build_report(run)
+        except TinltError as e:
+            echo(f"calibrate: report not refreshed ({e})", quiet=quiet)
     return report

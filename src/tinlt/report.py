@@ -553,8 +553,21 @@ def fig_eval_curves(rf: RunFolder, notes: list):
     return fig
 
 
+def _calibration(rf: RunFolder) -> dict:
+    """``tinlt calibrate``'s calibration.json in the run folder, or {}."""
+    for folder in {rf.path, rf.meta_dir} - {None}:
+        f = Path(folder) / "calibration.json"
+        if f.is_file():
+            try:
+                data = _read_json(f)
+                return data if isinstance(data, dict) else {}
+            except TinltError as e:
+                rf.notes.append(str(e))
+    return {}
+
+
 def _threshold(rf: RunFolder) -> Optional[float]:
-    for src in (rf.metrics, rf.run):
+    for src in (rf.metrics, rf.run, _calibration(rf)):
         t = src.get("threshold")
         if isinstance(t, dict):
             t = t.get("value", t.get("threshold"))

@@ -57,15 +57,10 @@ class Problem:
     action: str  # "skipped" | "dropped duplicate" | "ignored" | "kept" | "fatal"
 
 
-@dataclass
-class ValidationReport:
-    """The outcome for one split: its problems and the cleaned samples training should use."""
+class _BySeverity:
+    """``errors`` / ``warnings``: the ``problems`` of each severity."""
 
-    split: str
-    listed: int  # samples in the split as loaded
-    samples: Samples  # the cleaned split (bad samples and duplicates removed)
-    problems: list[Problem] = field(default_factory=list)
-    checked_images: bool = True
+    problems: list[Problem]
 
     @property
     def errors(self) -> list[Problem]:
@@ -74,6 +69,17 @@ class ValidationReport:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
+
+
+@dataclass
+class ValidationReport(_BySeverity):
+    """The outcome for one split: its problems and the cleaned samples training should use."""
+
+    split: str
+    listed: int  # samples in the split as loaded
+    samples: Samples  # the cleaned split (bad samples and duplicates removed)
+    problems: list[Problem] = field(default_factory=list)
+    checked_images: bool = True
 
     @property
     def kept(self) -> int:
@@ -239,7 +245,7 @@ def validate_samples(
 
 
 @dataclass
-class DataCheck:
+class DataCheck(_BySeverity):
     """All splits of a run after validation, plus where the report was written."""
 
     reports: dict[str, ValidationReport]
@@ -250,14 +256,6 @@ class DataCheck:
     def samples(self, split: str) -> Optional[Samples]:
         r = self.reports.get(split)
         return r.samples if r is not None else None
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
