@@ -22,7 +22,7 @@ before the first epoch; its build time is printed separately). Both use the same
 so their losses must agree (printed). The process applies tinlt's malloc tuning
 (``tinlt.runtime.tune_allocator``) first, as the CLI does.
 
-    python benchmarks/bench_cache.py [--images 128] [--epochs 2] [--batch 32] [--kinds split,embedding]
+    python benchmarks/bench_cache.py [--images 128] [--epochs 3] [--batch 32] [--kinds split,embedding]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--images", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--kinds", default="split,embedding")
     ap.add_argument("--threads", type=int, default=2)

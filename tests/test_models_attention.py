@@ -118,24 +118,39 @@ def test_lka_rejects_zero_channels():
         LargeKernelAttention(0)
 
 
-@pytest.mark.parametrize("hw", [(7, 7), (2, 2), (1, 1), (3, 10), (20, 20)])
-def test_cropped_kernels_give_the_full_convolutions_output_and_gradients(hw):
-    # small maps skip taps that only see padding; outputs and all gradients must not change
+@pytest.mark.parametrize("hw", [(7, 7), (2, 2), (1, 1), (3, 10), (20, 20), (9, 9)])
+def test_small_map_paths_give_the_full_convolutions_output_and_gradients(hw):
+    # up to 64 pixels: per-channel matrices; above: convs that skip taps only seeing padding.
+    # Outputs and all gradients must equal the plain convolutions.
     torch.manual_seed(2)
     c = 4
     lka = LargeKernelAttention(c).double()
     x = torch.randn(2, c, *hw, dtype=torch.float64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
     w0, ws, w1 = lka.conv0.weight, lka.conv_spatial.weight, lka.conv1.weight
-    ref = F.conv2d(x2, w0, lka.conv0.bias, padding=2, groups=c)
-    ref = F.conv2d(ref, ws, lka.conv_spatial.bias, padding=9, dilation=3, groups=c)
+    b0, bs = lka.conv0.bias, lka.conv_spatial.bias
+    ref = F.conv2d(x2, w0, b0, padding=2, groups=c)
+    ref = F.conv2d(ref, ws, bs, padding=9, dilation=3, groups=c)
     ref = F.conv2d(ref, w1, lka.conv1.bias) * x2
     g = torch.randn_like(ref)
-    grads_ref = torch.autograd.grad(ref, (x2, w0, ws, w1), g)
+    grads_ref = torch.autograd.grad(ref, (x2, w0, ws, w1, b0, bs), g)
     out = lka(x)
-    grads = torch.autograd.grad(out, (x, w0, ws, w1), g)
+    grads = torch.autograd.grad(out, (x, w0, ws, w1, b0, bs), g)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     if hw == (7, 7):  # the outer ring of the dilated 7x7 kernel never touches a 7x7 map
         assert grads[2][:, :, 0].abs().max() == 0 and grads[2][:, :, 1:-1, 1:-1].abs().min() > 0
+
+
+def test_matrix_of_a_depthwise_conv_by_hand():
+    # 1 channel, 3x3 kernel, a 2x2 map: output pixel o sums w[tap] * in[o + offset(tap)]
+    from tinlt.models.attention import depthwise_matrix
+
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, groups=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1.0, 10.0).view(1, 1, 3, 3))  # w[i, j] = 3 i + j + 1
+    m = depthwise_matrix(conv, 2, 2)[0]
+    # pixels 0 (0,0), 1 (0,1), 2 (1,0), 3 (1,1); tap (i, j) reads offset (i - 1, j - 1)
+    expected = torch.tensor([[5.0, 6, 8, 9], [4, 5, 7, 8], [2, 3, 5, 6], [1, 2, 4, 5]])
+    torch.testing.assert_close(m, expected)
