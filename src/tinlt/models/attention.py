@@ -39,7 +39,7 @@ def depthwise_conv_cropped(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 # Maps up to this many pixels run both depthwise convs as one (HW x HW) matrix per channel
 # on CPU: CLIP's 7x7 and the demo's 2x2 maps. PyTorch's CPU depthwise kernels reach only
 # 1-2 GFLOP/s there; a batched matmul does the same sums 1.4-2.6x faster (LKA forward +
-# backward, measured). Larger maps, GPUs and ONNX export use the convolutions.
+# backward, measured). Larger maps, GPUs, ONNX export and torch.compile use the convolutions.
 MATRIX_MAX_PIXELS = 64
 
 
@@ -91,7 +91,8 @@ class LargeKernelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if x.device.type == "cpu" and h * w <= MATRIX_MAX_PIXELS and not torch.onnx.is_in_onnx_export():
+        if (x.device.type == "cpu" and h * w <= MATRIX_MAX_PIXELS and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling()):  # compilers pick their own conv kernels
             spatial = self._depthwise_pair_as_matrix(x)
         else:
             spatial = depthwise_conv_cropped(depthwise_conv_cropped(x, self.conv0), self.conv_spatial)
