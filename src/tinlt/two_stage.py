@@ -38,6 +38,7 @@ __all__ = [
     "tau_normalized",
     "posthoc_transform",
     "eval_adjustments",
+    "bake_eval_adjustments",
     "load_weights",
     "freeze_features",
     "prepare_model",
@@ -109,14 +110,30 @@ def posthoc_transform(class_counts, tau: float) -> Optional[LogitTransform]:
     return transform
 
 
+def _adjustment_settings(cfg) -> tuple[Optional[float], float]:
+    tc = cfg.train
+    tau_norm = tc.get("tau_norm", None)
+    return (None if tau_norm is None else float(tau_norm)), float(tc.get("posthoc_tau", 0.0) or 0.0)
+
+
 @contextlib.contextmanager
 def eval_adjustments(model: nn.Module, cfg, class_counts) -> Iterator[Optional[LogitTransform]]:
     """What ``train.tau_norm`` / ``train.posthoc_tau`` ask of one evaluation: tau-normalises the
     head for the block and yields the logit transform to hand to ``predict_loader``."""
-    tc = cfg.train
-    tau_norm = tc.get("tau_norm", None)
+    tau_norm, tau = _adjustment_settings(cfg)
     with tau_normalized(model, tau_norm):
-        yield posthoc_transform(class_counts, float(tc.get("posthoc_tau", 0.0) or 0.0))
+        yield posthoc_transform(class_counts, tau)
+
+
+def bake_eval_adjustments(model: nn.Module, cfg, class_counts) -> None:
+    """``eval_adjustments`` made permanent, for a model loaded to deploy: the head is
+    tau-normalised in place and the post-hoc shift becomes the model's fixed logit offset."""
+    tau_norm, tau = _adjustment_settings(cfg)
+    if tau_norm is not None:
+        tau_normalize_(model, tau_norm)
+    shift = posthoc_transform(class_counts, tau)
+    if shift is not None:
+        model.set_logit_offset(shift(torch.zeros(1, len(class_counts)))[0])
 
 
 # ----------------------------------------------------------------------------- cRT: stage-2 set-up

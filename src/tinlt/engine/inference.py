@@ -31,9 +31,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", adjust: boo
     ``train.tau_norm`` rewrites the linear head in place, ``train.posthoc_tau`` becomes a
     fixed logit offset (``TIN.set_logit_offset``).
     """
-    from ..losses import logit_adjust
     from ..models.factory import create_model
-    from ..two_stage import tau_normalize_
+    from ..two_stage import bake_eval_adjustments
 
     ckpt = ckpt_io.load_checkpoint(path)
     cfg = from_dict(ckpt["config"])
@@ -43,13 +42,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", adjust: boo
     model = create_model(build_cfg, ckpt["classnames"], image_size=cfg.data.image_size)
     model.load_state_dict(ckpt["model"])
     if adjust:
-        tau_norm = cfg.train.get("tau_norm", None)
-        if tau_norm is not None:
-            tau_normalize_(model, float(tau_norm))
-        tau = float(cfg.train.get("posthoc_tau", 0.0) or 0.0)
-        if tau:
-            counts = np.asarray(ckpt["train_counts"])
-            model.set_logit_offset(logit_adjust(torch.zeros(1, len(counts)), counts, tau=tau)[0])
+        bake_eval_adjustments(model, cfg, np.asarray(ckpt["train_counts"]))
     model.to(device).eval()
     return model, cfg, ckpt
 

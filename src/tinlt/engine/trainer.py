@@ -651,9 +651,10 @@ def evaluate_samples(model, samples, transform, cfg, dist_info, device, data, de
     if pred.scores is not None:
         m["predictions"]["scores"] = np.round(pred.scores, 6).tolist()
     if threshold_rule is not None and pred.scores is not None:
+        from ..metrics import confusion_matrix
+
         decided = threshold_rule.decide(pred.scores)
-        confusion = np.zeros_like(pred.confusion)
-        np.add.at(confusion, (pred.targets, decided), 1)
+        confusion = confusion_matrix(pred.targets, decided, len(data.classnames))
         at = metrics_from_predictions(dataclasses.replace(pred, confusion=confusion, preds=decided),
                                       groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
         m["at_threshold"] = {"threshold": threshold_rule.value, "rule": threshold_rule.describe(), **at}

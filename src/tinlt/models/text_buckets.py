@@ -16,7 +16,7 @@ plain truncation.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -74,8 +74,9 @@ def padded_tokens(buckets: Sequence[Bucket]) -> int:
     return int(sum(len(b.rows) * b.length for b in buckets))
 
 
-def take(tokens: Any, rows: torch.Tensor, length: int) -> Any:
-    """Rows ``rows`` and the first ``length`` columns of a token tensor or a dict of them."""
+def take(tokens: Any, rows: torch.Tensor | slice, length: Optional[int] = None) -> Any:
+    """Rows ``rows`` and the first ``length`` columns (all when None) of a token tensor or a
+    dict of them."""
     if isinstance(tokens, torch.Tensor):
         return tokens[rows, :length]
     return {k: v[rows, :length] for k, v in tokens.items()}

@@ -228,9 +228,7 @@ class TIN(nn.Module):
         for part in parts:
             n = (part if isinstance(part, torch.Tensor) else next(iter(part.values()))).shape[0]
             for start in range(0, n, self.text_batch_size):
-                end = start + self.text_batch_size
-                sub = part[start:end] if isinstance(part, torch.Tensor) else {k: v[start:end] for k, v in part.items()}
-                chunks.append(self.text_tower(sub))
+                chunks.append(self.text_tower(take(part, slice(start, start + self.text_batch_size))))
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return out[self._buffers["text_bucket_inverse"]] if self._bucket_lengths else out
 
