@@ -12,6 +12,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.tinlt-installed"
+# torch 2.14.1 from PyPI is the CUDA build: about 6.3 GB once installed. A full disk would
+# otherwise stop pip halfway with a bare OSError and leave a broken venv behind.
+need_gb="${TINLT_SETUP_NEED_GB:-7}"
+if [ ! -f "$stamp" ] && [ "$need_gb" != 0 ]; then
+  free_kb=$(df -Pk "$VENV" | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
+    echo "[setup] error: $(cd "$VENV" && pwd) has $((free_kb / 1024 / 1024)) GB free; installing torch==2.14.1 needs about ${need_gb} GB (free space, or set TINLT_VENV to a venv on a larger disk)" >&2
+    exit 1
+  fi
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing tinlt and its dependencies (torch==2.14.1, torchvision==0.29.1; first time: a few minutes)"
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
