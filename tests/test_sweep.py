@@ -17,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import tinlt
 import tinlt.engine.inference as inference
 import tinlt.engine.trainer as trainer
 from tinlt.cli import main
@@ -164,6 +165,67 @@ def test_sweep_runs_tables_and_reruns_nothing(project, tmp_path, monkeypatch, ca
     assert cell_state(same, same.cells[1]) == "done"
     moved = load_sweep(grid, out=out, overrides=["train.posthoc_tau=0.5"])
     assert cell_state(moved, moved.cells[1]) == "run"
+
+    # the reuse line names the release that made each run, so stale numbers after an upgrade show
+    m = json.loads((out / "linear_ce" / "metrics.json").read_text())
+    assert m["tinlt_version"] == tinlt.__version__
+    m["tinlt_version"] = "0.0.1"
+    (out / "linear_ce" / "metrics.json").write_text(json.dumps(m))
+    m = json.loads((out / "text_contrastive" / "metrics.json").read_text())
+    del m["tinlt_version"]
+    (out / "text_contrastive" / "metrics.json").write_text(json.dumps(m))
+    monkeypatch.setattr(trainer, "train", forbidden)
+    capsys.readouterr()
+    assert main(["sweep", "--config", str(grid), "--out", str(out), "--quiet"]) == 0
+    log = capsys.readouterr().out
+    assert f"linear_ce: finished earlier, reused (made by tinlt 0.0.1, this is {tinlt.__version__}; --fresh" in log
+    assert "text_contrastive: finished earlier, reused (made before runs recorded their tinlt version" in log
+    assert f"posthoc: finished earlier, reused (tinlt {tinlt.__version__})" in log
+
+    # --fresh retrains the selected cell from scratch (no resume) and leaves the others alone
+    calls.clear()
+    monkeypatch.setattr(trainer, "train", spy)
+    untouched = (out / "linear_ce" / "metrics.json").stat().st_mtime_ns
+    assert main(["sweep", "--config", str(grid), "--out", str(out), "--quiet", "--fresh",
+                 "--only", "text_contrastive"]) == 0
+    assert calls == [("text_contrastive", None)]
+    assert json.loads((out / "text_contrastive" / "metrics.json").read_text())["tinlt_version"] == tinlt.__version__
+    assert (out / "linear_ce" / "metrics.json").stat().st_mtime_ns == untouched
+
+
+def test_demo_run_is_reused_resumed_or_retrained_fresh(project, tmp_path, monkeypatch):
+    from tinlt.config import load_config
+    from tinlt.demo import run_or_reuse
+
+    run = tmp_path / "run"
+    cfg = load_config(project / "base.yaml", ["optim.epochs=1", f"train.output_dir={run}"])
+    calls = []
+    real_train = trainer.train
+
+    def spy(cfg, **kw):
+        calls.append((kw.get("resume"), (run / "last.pt").exists(), (run / "metrics.json").exists()))
+        return real_train(cfg, **kw)
+
+    monkeypatch.setattr(trainer, "train", spy)
+    first, _, reused = run_or_reuse(cfg)
+    assert not reused and calls == [(None, False, False)]
+
+    again, secs, reused = run_or_reuse(cfg)
+    assert reused and len(calls) == 1
+    assert again["confusion"] == first["confusion"] and secs == first["train_time_s"]
+
+    (run / "metrics.json").unlink()  # interrupted after the last checkpoint: resume, not retrain
+    _, _, reused = run_or_reuse(cfg)
+    assert not reused and calls[-1] == ("auto", True, False)
+
+    # fresh: old results are removed before training starts, and nothing is resumed
+    _, _, reused = run_or_reuse(cfg, fresh=True)
+    assert not reused and calls[-1] == (None, False, False)
+    assert (run / "metrics.json").is_file()
+
+    changed = load_config(project / "base.yaml", ["optim.epochs=1", "optim.lr=0.002", f"train.output_dir={run}"])
+    _, _, reused = run_or_reuse(changed)
+    assert not reused and calls[-1] == (None, False, False)
 
 
 def _grid(tmp_path: Path, project: Path, body: str) -> Path:

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST IDX files")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain even when a finished run with the same config exists (after an upgrade)")
 
     from .commands import register_all
 
@@ -171,6 +173,7 @@ def _cmd_demo(a) -> int:
         data=a.data,
         overrides=a.overrides,
         quiet=a.quiet,
+        fresh=a.fresh,
     )
     return 0
 

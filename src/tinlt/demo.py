@@ -3,7 +3,7 @@
 Both runs use the same pretrained towers that ship inside pip packages (EfficientNet-Lite0
 and all-MiniLM-L6-v2), the same data and the same budget; only the head, the loss and
 the visual attention differ. A finished run is reused when its config is unchanged, so
-re-running the demo only prints the table.
+re-running the demo only prints the table; ``--fresh`` retrains (after upgrading tinlt).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from .config import load_config
 from .errors import TinltError
 from .engine.progress import echo
+from .sweep import made_by
 
 DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -37,24 +38,26 @@ def find_fashion_mnist(folder: Optional[str] = None) -> Path:
     )
 
 
-def run_or_reuse(cfg, *, quiet: bool = False) -> tuple[dict, float, bool]:
-    """Train unless ``output_dir`` already holds finished metrics for this exact config."""
+def run_or_reuse(cfg, *, quiet: bool = False, fresh: bool = False) -> tuple[dict, float, bool]:
+    """Train unless ``output_dir`` already holds finished metrics for this exact config.
+
+    ``fresh`` trains from scratch whatever the folder holds.
+    """
     import json
 
     from .engine.trainer import train
 
-    from .sweep import same_config  # one rule for "same run" (ignores keys added later at their default)
+    from .sweep import clear_run, same_config  # one rule for "same run" (ignores keys added later at their default)
 
     out = Path(cfg.train.output_dir)
     metrics_path = out / "metrics.json"
-    same = same_config(out, cfg)
+    same = same_config(out, cfg) and not fresh
     if metrics_path.is_file() and same:
         m = json.loads(metrics_path.read_text())
         return m, float(m.get("train_time_s", 0.0)), True
     resume = (out / "last.pt").is_file() and same
     if not resume and out.exists():
-        for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json"):
-            (out / stale).unlink(missing_ok=True)
+        clear_run(out)
     t0 = time.time()
     m = train(cfg, resume="auto" if resume else None)
     return m, time.time() - t0, False
@@ -81,6 +84,7 @@ def run_demo(
     data: Optional[str] = None,
     overrides: Sequence[str] = (),
     quiet: bool = False,
+    fresh: bool = False,
 ) -> list[tuple[str, dict, float]]:
     folder = find_fashion_mnist(data)
     os.environ["TINLT_FMNIST"] = str(folder)  # the demo configs read it
@@ -93,9 +97,9 @@ def run_demo(
             run_dir = Path(out) / v / ("baseline" if cfg_name.endswith("baseline") else "tin")
             cfg = load_config(cfg_name, [*overrides, f"train.output_dir={run_dir}", f"train.quiet={quiet}"])
             echo(f"\n== {v}: {label} -> {run_dir}", quiet=quiet)
-            m, secs, reused = run_or_reuse(cfg, quiet=quiet)
+            m, secs, reused = run_or_reuse(cfg, quiet=quiet, fresh=fresh)
             if reused:
-                echo(f"   (reused finished run in {run_dir})", quiet=quiet)
+                echo(f"   (reused finished run in {run_dir}, {made_by(run_dir)})", quiet=quiet)
             rows.append((f"{v}: {label}", m, secs))
             if reused and not (run_dir / "report" / "index.html").is_file():
                 _write_report(run_dir)

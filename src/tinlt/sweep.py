@@ -20,7 +20,9 @@ A cell with ``eval_from: OTHER`` trains nothing: it evaluates OTHER's ``best.pt`
 its own ``train.*`` / ``data.*`` overrides (post-hoc adjustment, tau-norm).
 
 A cell whose folder holds ``metrics.json`` for the same resolved config is reused; one
-with a ``last.pt`` for it resumes; a changed cell starts afresh.
+with a ``last.pt`` for it resumes; a changed cell starts afresh. The config is all that is
+compared: after upgrading tinlt, ``--fresh`` retrains (the reuse line names the release
+that made each run).
 """
 
 from __future__ import annotations
@@ -320,6 +322,27 @@ def same_config(folder: Path, cfg: DictConfig) -> bool:
     return old == new
 
 
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json")
+
+
+def clear_run(folder: Path, extra: Sequence[str] = ()) -> None:
+    """Remove a run's results so that a new run cannot mix with them (the folder stays)."""
+    for name in (*RUN_FILES, *extra):
+        (folder / name).unlink(missing_ok=True)
+
+
+def made_by(folder: Path) -> str:
+    """Which release trained the finished run in ``folder``, for the line that says it is reused."""
+    from . import __version__
+
+    version = (_read_json(folder / "metrics.json") or {}).get("tinlt_version")
+    if version is None:
+        return "made before runs recorded their tinlt version; --fresh retrains"
+    if version != __version__:
+        return f"made by tinlt {version}, this is {__version__}; --fresh retrains"
+    return f"tinlt {version}"
+
+
 def _read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
@@ -362,8 +385,7 @@ def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
     folder = cell.out
     previous = (_read_json(folder / CELL_FILE) or {}) if state == "resume" else {}
     if state == "run" and folder.exists():  # a changed cell: its old files would mix with the new run
-        for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json", CELL_FILE, "config.yaml"):
-            (folder / stale).unlink(missing_ok=True)
+        clear_run(folder, extra=(CELL_FILE, "config.yaml"))
     cfg = copy.deepcopy(cell.cfg)
     if quiet:
         cfg.train.quiet = True
@@ -398,11 +420,12 @@ def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
 
 def run_sweep(
     sweep: Sweep, *, dry_run: bool = False, only: Optional[Sequence[str]] = None, quiet: bool = False,
-    log=print,
+    fresh: bool = False, log=print,
 ) -> list[dict]:
     """Run every cell that is not finished (in file order), then write the results tables.
 
-    Returns the table rows. ``dry_run`` only reports what each cell would do.
+    Returns the table rows. ``dry_run`` only reports what each cell would do; ``fresh`` runs
+    the selected cells again even when a finished or resumable run exists.
     """
     names = {c.name for c in sweep.cells}
     for n in only or ():
@@ -411,6 +434,8 @@ def run_sweep(
     states = {}
     for cell in sweep.cells:
         state = cell_state(sweep, cell)
+        if fresh and not (only and cell.name not in only):
+            state = "run"
         states[cell.name] = state
         if dry_run:
             verb = {"done": "reuse", "resume": "resume", "run": "eval" if cell.eval_from else "train"}[state]
@@ -424,7 +449,7 @@ def run_sweep(
             if only and cell.name not in only:
                 continue
             if states[cell.name] == "done":
-                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused")
+                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(cell.out)})")
                 continue
             log(f"[{i}/{len(sweep.cells)}] {cell.name}: {' '.join(cell.overrides) or '(base config)'}")
             info = _run_cell(sweep, cell, states[cell.name], quiet)

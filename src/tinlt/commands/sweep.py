@@ -21,6 +21,8 @@ def register(subparsers) -> dict:
     p.add_argument("--only", default=None, help="comma-separated cell names to run (the table lists all cells)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every cell (a cell's own overrides win)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain cells even when a finished run with the same config exists (after an upgrade)")
     return {"sweep": _cmd_sweep}
 
 
@@ -30,7 +32,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     sweep = load_sweep(a.config, out=a.out, overrides=a.overrides)
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells -> {sweep.out}")
-    rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet)
+    rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet, fresh=a.fresh)
     if a.dry_run:
         return 0
     print(format_markdown(sweep, rows))

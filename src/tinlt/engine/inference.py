@@ -20,7 +20,7 @@ from ..errors import TinltError
 from . import checkpoint as ckpt_io
 from .distributed import DistInfo
 from .progress import echo
-from .trainer import DataBundle, _summary, _write_json, evaluate_samples, make_transforms, resolve_device
+from .trainer import DataBundle, _summary, evaluate_samples, make_transforms, resolve_device, write_metrics
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", adjust: bool = True):
@@ -89,7 +89,7 @@ def evaluate_checkpoint(
     metrics = evaluate_samples(model, test, eval_tf, cfg, DistInfo(), device, data, desc="eval", threshold_rule=rule)
     out = Path(out_dir) if out_dir else Path(path).resolve().parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "metrics.json", metrics)
+    write_metrics(out, metrics)
     echo(f"eval: {_summary(metrics)} | metrics: {out / 'metrics.json'}", quiet=quiet)
     if "at_threshold" in metrics:
         at = metrics["at_threshold"]
@@ -112,6 +112,6 @@ def zeroshot(cfg, quiet: bool = False) -> dict:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    _write_json(out / "metrics.json", metrics)
+    write_metrics(out, metrics)
     echo(f"zero-shot: {_summary(metrics)} | metrics: {out / 'metrics.json'}", quiet=quiet)
     return metrics

@@ -275,6 +275,13 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_metrics(folder: Path, metrics: dict) -> Path:
+    """``folder/metrics.json``, stamped with the release that made it (a reused run names it)."""
+    metrics["tinlt_version"] = __version__
+    _write_json(folder / "metrics.json", metrics)
+    return folder / "metrics.json"
+
+
 def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Optional[list[str]] = None) -> dict:
     """Train TIN as configured; returns the final test metrics (also in ``metrics.json``)."""
     from ..data.dataset import ImageDataset
@@ -585,7 +592,7 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
     metrics = evaluate_samples(model, test, eval_tf, cfg, dist_info, device, data, desc="test", features=features)
     metrics["train_time_s"] = round(time.time() - start_time, 1)
     if main:
-        _write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics)
         echo(f"test: {_summary(metrics)} | metrics: {out / 'metrics.json'}")
         run_logger.log_figures(epoch, out)
         run_logger.close()
