@@ -1,0 +1,79 @@
+"""The benchmark scripts still run, with tiny random models, and their exactness checks hold.
+
+Their timings are not asserted here (they belong to full-size runs on a quiet machine,
+docs/speed.md); what is asserted is what must hold at any size: truncated text gives the
+full context's logits, cached features give the uncached losses, TIN with its attention
+gate at zero gives plain CLIP's logits. gpu_train.py otherwise only runs where a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str, ok: bool = True) -> tuple[int, list[str], list[str]]:
+    """Exit status, stdout lines and stderr lines (the random-weights warnings go to stderr)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    def lines(text):
+        return [line for line in text.splitlines() if line.strip()]
+
+    return proc.returncode, lines(proc.stdout), lines(proc.stderr)
+
+
+def _number(lines: list[str], pattern: str) -> float:
+    found = [m for line in lines if (m := re.search(pattern, line))]
+    assert found, f"no line matches {pattern!r}"
+    return float(found[-1].group(1))
+
+
+def test_bench_truncation_tiny():
+    _, lines, _ = _run("bench_truncation.py", "--model", "tiny-vit", "--classes", "20", "--batch", "4",
+                    "--steps", "1", "--warmup", "0", "--variants", "truncated,full")
+    assert _number(lines, r"max \|logit difference\| vs full = (\S+)") <= 1e-5
+    assert _number(lines, r"^full\s+(\d+)\s") == 20 * 77  # every prompt padded to CLIP's context
+    assert _number(lines, r"^truncated\s+(\d+)\s") < 20 * 77
+    assert lines[-1].startswith("truncated: ") and "less CPU time per step" in lines[-1]
+
+
+def test_bench_cache_tiny():
+    _, lines, _ = _run("bench_cache.py", "--model", "tiny-vit", "--images", "8", "--epochs", "1", "--batch", "4")
+    for kind in ("split", "embedding"):
+        assert _number(lines, rf"^{kind}\s+\S+\s+\S+\s+\S+x\s+\S+x\s+\S+\s+(\S+)$") <= 1e-6
+    assert lines[-1].startswith("epoch speed-up from the feature cache")
+
+
+def test_bench_inference_tiny():
+    _, lines, _ = _run("bench_inference.py", "--model", "tiny-vit", "--batch", "4", "--classes", "10",
+                    "--rounds", "1", "--iters", "1")
+    assert _number(lines, r"gate = 0: max \|TIN - CLIP logit\| = (\S+)") <= 1e-5
+    assert lines[-1].startswith("visual attention overhead at inference")
+
+
+def test_gpu_train_script_on_cpu_and_without_a_gpu():
+    _, lines, _ = _run("gpu_train.py", "--device", "cpu", "--model", "tiny-vit", "--classes", "10", "--batch", "4",
+                    "--image-size", "32", "--steps", "1", "--warmup", "1", "--amp", "off",
+                    "--variants", "eager/truncated,eager/full")
+    assert _number(lines, r"^eager/full\s+tokens\s+(\d+)") == 10 * 77
+    assert _number(lines, r"^eager/truncated\s+tokens\s+(\d+)") < 10 * 77
+    # same seed, same data: the two contexts train to the same loss
+    assert _number(lines, r"^eager/truncated.*loss (\S+)$") == pytest.approx(
+        _number(lines, r"^eager/full.*loss (\S+)$"), abs=1e-4)
+    assert lines[-1].startswith("eager: truncation")
+    if not torch.cuda.is_available():
+        rc, out, err = _run("gpu_train.py", ok=False)
+        assert rc == 1 and not out and err == [
+            "gpu_train.py: no CUDA GPU is visible (torch.cuda.is_available() is False); nothing was measured"]
