@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from .config import load_config
 from .errors import TinltError
 from .engine.progress import echo
-from .sweep import made_by
+from .sweep import clear_run, made_by, same_config  # one rule for "same run" in demo and sweep
 
 DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -46,8 +46,6 @@ def run_or_reuse(cfg, *, quiet: bool = False, fresh: bool = False) -> tuple[dict
     import json
 
     from .engine.trainer import train
-
-    from .sweep import clear_run, same_config  # one rule for "same run" (ignores keys added later at their default)
 
     out = Path(cfg.train.output_dir)
     metrics_path = out / "metrics.json"
@@ -99,7 +97,7 @@ def run_demo(
             echo(f"\n== {v}: {label} -> {run_dir}", quiet=quiet)
             m, secs, reused = run_or_reuse(cfg, quiet=quiet, fresh=fresh)
             if reused:
-                echo(f"   (reused finished run in {run_dir}, {made_by(run_dir)})", quiet=quiet)
+                echo(f"   (reused finished run in {run_dir}, {made_by(m)})", quiet=quiet)
             rows.append((f"{v}: {label}", m, secs))
             if reused and not (run_dir / "report" / "index.html").is_file():
                 _write_report(run_dir)

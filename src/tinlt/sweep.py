@@ -331,11 +331,11 @@ def clear_run(folder: Path, extra: Sequence[str] = ()) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def made_by(folder: Path) -> str:
-    """Which release trained the finished run in ``folder``, for the line that says it is reused."""
+def made_by(metrics: dict) -> str:
+    """Which release made a finished run (its metrics.json), for the line that says it is reused."""
     from . import __version__
 
-    version = (_read_json(folder / "metrics.json") or {}).get("tinlt_version")
+    version = metrics.get("tinlt_version")
     if version is None:
         return "made before runs recorded their tinlt version; --fresh retrains"
     if version != __version__:
@@ -449,7 +449,7 @@ def run_sweep(
             if only and cell.name not in only:
                 continue
             if states[cell.name] == "done":
-                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(cell.out)})")
+                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(_read_json(cell.out / 'metrics.json') or {})})")
                 continue
             log(f"[{i}/{len(sweep.cells)}] {cell.name}: {' '.join(cell.overrides) or '(base config)'}")
             info = _run_cell(sweep, cell, states[cell.name], quiet)
