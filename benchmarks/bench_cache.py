@@ -49,51 +49,20 @@ def make_images(root: Path, n: int, classes: int = 8) -> None:
 
 
 class EpochClock:
-    """Wraps the trainer's ``progress`` so each pass over the training loader is timed."""
+    """A training hook (tinlt/engine/hooks.py): each epoch's training-pass times, and the
+    feature cache's build times, as the trainer records them."""
 
     def __init__(self) -> None:
-        import tinlt.engine.trainer as trainer
-
         self.wall: list[float] = []
         self.cpu: list[float] = []
-        original = trainer.progress
+        self.build: list[float] = []
 
-        def timed(it, *, desc="", **kw):
-            inner = original(it, desc=desc, **kw)
-            return self._timed(inner) if desc.startswith("epoch") else inner
+    def on_epoch_end(self, ctx) -> None:
+        self.wall.append(ctx.record["time_s"])
+        self.cpu.append(ctx.record["cpu_s"])
 
-        trainer.progress = timed
-
-    def _timed(self, inner):
-        w0, c0 = time.perf_counter(), time.process_time()
-        try:
-            yield from inner
-        finally:  # the last epoch ends with a break at the final step, not by exhaustion
-            self.wall.append(time.perf_counter() - w0)
-            self.cpu.append(time.process_time() - c0)
-
-
-class BuildClock:
-    """Times FeatureStore._build (the one-off cost of filling the cache)."""
-
-    def __init__(self) -> None:
-        from tinlt.engine.feature_cache import FeatureStore
-
-        self.seconds: list[float] = []
-        original = FeatureStore._build
-
-        def timed(store, *a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return original(store, *a, **kw)
-            finally:
-                self.seconds.append(time.perf_counter() - t0)
-
-        FeatureStore._build = timed
-
-
-CLOCK: "EpochClock | None" = None
-BUILD: "BuildClock | None" = None
+    def on_finish(self, ctx) -> None:
+        self.build = list(ctx.features.build_seconds) if ctx.features is not None else []
 
 
 def run(root: Path, out: Path, *, kind: str, cache: str, args: argparse.Namespace) -> dict:
@@ -111,15 +80,13 @@ def run(root: Path, out: Path, *, kind: str, cache: str, args: argparse.Namespac
     ]
     if cache:
         overrides.append(f"train.feature_cache={cache}")
-    CLOCK.wall.clear()
-    CLOCK.cpu.clear()
-    BUILD.seconds.clear()
+    clock = EpochClock()
     t0 = time.perf_counter()
-    train(load_config(None, overrides))
+    train(load_config(None, overrides), hooks=[clock])
     total = time.perf_counter() - t0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return {"epoch_s": list(CLOCK.wall), "epoch_cpu_s": list(CLOCK.cpu), "loss": [r["loss"] for r in log],
-            "total_s": total, "build_s": sum(BUILD.seconds)}
+    return {"epoch_s": clock.wall, "epoch_cpu_s": clock.cpu, "loss": [r["loss"] for r in log],
+            "total_s": total, "build_s": sum(clock.build)}
 
 
 def main() -> None:
@@ -138,12 +105,6 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    import tinlt.report
-
-    tinlt.report.build_report = lambda out: Path(out)  # the HTML report is not part of an epoch
-    global CLOCK, BUILD
-    CLOCK, BUILD = EpochClock(), BuildClock()
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -49,7 +49,7 @@ def measure(variant: str, args: argparse.Namespace, device) -> dict:
     import torch
 
     from tinlt.config import LossConfig
-    from tinlt.engine.evaluate import autocast_for
+    from tinlt.engine.device import autocast_for
     from tinlt.losses import build_loss
     from tinlt.models.factory import create_model
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tinlt.calibrate import choose_threshold, positive_class
+from tinlt.deploy.calibrate import choose_threshold, positive_class
 from tinlt.cli import main
 from tinlt.config import load_config, to_dict
 from tinlt.data.transforms import build_transforms
 from tinlt.engine.checkpoint import load_checkpoint, save_atomic
 from tinlt.errors import TinltError
-from tinlt.export import read_metadata
+from tinlt.deploy.export import read_metadata
 from tinlt.models.factory import create_model
 
 # ----------------------------------------------------------------------------- the rule by hand

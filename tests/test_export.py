@@ -27,9 +27,10 @@ from tinlt.cli import main
 from tinlt.config import load_config, to_dict
 from tinlt.data.transforms import build_transforms
 from tinlt.engine.checkpoint import save_atomic
-from tinlt.export import ExportWrapper, balanced_indices, check_parity, export_checkpoint, int8_path, read_metadata
+from tinlt.deploy.export import ExportWrapper, balanced_indices, check_parity, export_checkpoint, int8_path, read_metadata
 from tinlt.models.factory import create_model
-from tinlt.onnx_predict import Preprocess, rows_from_probs, threshold_rule
+from tinlt.deploy.types import Preprocess, rows_from_probs
+from tinlt.metrics import threshold_rule
 
 CLASSES = ["red thing", "green thing", "blue thing"]
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
@@ -227,7 +228,7 @@ def test_int8_methods_on_a_conv_tower(setup, tmp_path):
     assert quantised >= len(convs) // 2
     assert not any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # activations stay float
     # the torch-free loader runs it; per-channel int8 weights barely move the logits of this net
-    from tinlt.onnx_predict import OnnxClassifier
+    from tinlt.deploy.onnx_predict import OnnxClassifier
 
     got = OnnxClassifier(res.int8).logits(x.numpy())
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()

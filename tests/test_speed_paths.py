@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tinlt.config import load_config
-from tinlt.engine.trainer import is_convolutional, train
+from tinlt.engine.device import is_convolutional
+from tinlt.engine.trainer import train
 from tinlt.models.clip_towers import OpenCLIPTextTower
 from tinlt.models.factory import create_model
 
@@ -169,7 +170,7 @@ def test_channels_last_only_for_convolutional_towers():
 
 
 def test_fp16_overflow_lowers_the_loss_scale():
-    from tinlt.engine.trainer import back_off
+    from tinlt.engine.optim import back_off
 
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, backoff_factor=0.5)
     back_off(scaler, torch.tensor(float("inf")))  # a first-batch overflow: the scale exists already

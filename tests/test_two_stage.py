@@ -1,6 +1,6 @@
 """Decoupling baselines and post-hoc adjustment on toy problems whose answer is known.
 
-* tau-norm on a hand-built weight matrix;
+* tau-norm on a hand-built weight matrix, and applied by TIN in eval mode only;
 * post-hoc logit adjustment on two 1-D Gaussians, where the Bayes boundary under the
   training prior and under a balanced prior are known in closed form;
 * cRT on a toy image tower whose 2-D embedding is the red-minus-blue colour of the image:
@@ -27,14 +27,8 @@ from tinlt.engine.evaluate import predict_loader
 from tinlt.errors import TinltError
 from tinlt.models.base import ImageTower
 from tinlt.models.registry import register_towers
-from tinlt.two_stage import (
-    load_weights,
-    posthoc_transform,
-    prepare_model,
-    tau_normalize_,
-    tau_normalize_weight,
-    tau_normalized,
-)
+from tinlt.engine.prepare import load_weights, prepare_model
+from tinlt.models.adjust import posthoc_offset, tau_normalize_weight
 
 # ----------------------------------------------------------------------------- tau-norm
 
@@ -50,39 +44,33 @@ def test_tau_norm_on_a_hand_built_matrix():
     assert torch.equal(tau_normalize_weight(w, 0.0), w)
 
 
-class _LinearModel(nn.Module):
-    head_type = "linear"
+def test_tin_applies_tau_norm_in_eval_mode_only(toy, tmp_path):
+    from tinlt.models.factory import create_model
 
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Linear(2, 3)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]]))
-            self.head.bias.copy_(torch.tensor([1.0, -1.0, 0.5]))
-
-
-def test_tau_normalized_context_restores_the_exact_weights():
-    model = _LinearModel()
+    model = create_model(load_config(overrides=_overrides(toy, tmp_path)).model, CLASSES)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0]]))  # row norms 5, 2
+        model.head.bias.copy_(torch.tensor([1.0, -1.0]))
     w0, b0 = model.head.weight.clone(), model.head.bias.clone()
+    model.set_eval_adjustments(tau_norm=1.0)
     x = torch.tensor([[1.0, 1.0], [-2.0, 0.5]])
-    with tau_normalized(model, 1.0):
-        logits = model.head(x)
-        # rows (0.6, 0.8), (0, 1), (1, 0); bias dropped
-        np.testing.assert_allclose(logits.detach(), [[1.4, 1.0, 1.0], [-0.8, 0.5, -2.0]], rtol=1e-6)
-    assert torch.equal(model.head.weight, w0) and torch.equal(model.head.bias, b0)
-    with tau_normalized(model, None):  # tau_norm unset: nothing changes
-        assert torch.equal(model.head.weight, w0)
-    tau_normalize_(model, 0.0)  # tau = 0 keeps the rows but still drops the bias
-    assert torch.equal(model.head.weight, w0) and torch.all(model.head.bias == 0)
+    with torch.no_grad():
+        # eval: rows (0.6, 0.8), (0, 1), bias dropped
+        np.testing.assert_allclose(model.eval().classify(x), [[1.4, 1.0], [-0.8, 0.5]], rtol=1e-6)
+        # train: the raw head, x @ W^T + b
+        np.testing.assert_allclose(model.train().classify(x), [[8.0, 1.0], [-3.0, 0.0]], rtol=1e-6)
+    assert torch.equal(model.head.weight, w0) and torch.equal(model.head.bias, b0)  # weights never rewritten
+    model.set_eval_adjustments(tau_norm=None)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.eval().classify(x), [[8.0, 1.0], [-3.0, 0.0]], rtol=1e-6)
 
 
 def test_tau_norm_refuses_the_text_head():
-    class TextModel(nn.Module):
-        head_type = "text"
-        head = None
+    from tinlt.models.factory import create_model
 
+    text_model = create_model({"name": "tiny-vit"}, ["a", "b"])
     with pytest.raises(TinltError, match="model.head=linear"):
-        tau_normalize_(TextModel(), 1.0)
+        text_model.set_eval_adjustments(tau_norm=1.0)
     with pytest.raises(TinltError, match="train.tau_norm.*model.head=linear"):
         load_config(overrides=["train.tau_norm=1.0"])  # the default head is the text head
     assert load_config(overrides=["train.tau_norm=1.0", "model.head=linear"]).train.tau_norm == 1.0
@@ -92,43 +80,50 @@ def test_tau_norm_refuses_the_text_head():
 
 
 class _GaussianBayes(nn.Module):
-    """Logits = log N(x; mu_c, 1) + log prior_c: the Bayes posterior under the training prior."""
+    """Logits = log N(x; mu_c, 1) + log prior_c: the Bayes posterior under the training prior,
+    plus the post-hoc offset (as TIN adds it in eval mode)."""
 
     uses_text_head = False
 
-    def __init__(self, prior):
+    def __init__(self, prior, offset=None):
         super().__init__()
         self.mu = torch.tensor([-1.0, 1.0])
         self.log_prior = torch.tensor(prior).log()
+        self.offset = torch.zeros(2) if offset is None else offset
 
     def forward(self, x, text_features=None):
-        return -0.5 * (x - self.mu[None, :]) ** 2 + self.log_prior[None, :]
+        return -0.5 * (x - self.mu[None, :]) ** 2 + self.log_prior[None, :] + self.offset
 
 
-def _predict(model, x, transform):
+def _predict(prior, x, counts=None, tau=0.0):
+    model = _GaussianBayes(prior, posthoc_offset(counts, tau) if counts is not None else None)
     ds = TensorDataset(x[:, None], torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
     loader = DataLoader(ds, batch_size=1024)
-    return predict_loader(model, loader, num_classes=2, device=torch.device("cpu"), quiet=True,
-                          logit_transform=transform)
+    return predict_loader(model, loader, num_classes=2, device=torch.device("cpu"), quiet=True)
+
+
+def test_posthoc_offset_is_minus_tau_log_prior():
+    np.testing.assert_allclose(posthoc_offset([900, 100], 1.0), [-math.log(0.9), -math.log(0.1)], rtol=1e-6)
+    np.testing.assert_allclose(posthoc_offset([3, 1], 0.5), [-0.5 * math.log(0.75), -0.5 * math.log(0.25)], rtol=1e-6)
+    assert posthoc_offset([900, 100], 0.0) is None
 
 
 def test_posthoc_adjustment_moves_the_boundary_to_the_balanced_bayes_boundary():
     counts = [900, 100]  # class 0 (mean -1) is the head class
-    model = _GaussianBayes([0.9, 0.1])
+    prior = [0.9, 0.1]
     x = torch.linspace(-3, 3, 61) + 0.013  # no grid point sits exactly on a boundary
     # under the training prior, class 1 wins iff 2x > log 9
-    plain = _predict(model, x, None).preds
+    plain = _predict(prior, x).preds
     assert plain.tolist() == (x > math.log(9) / 2).long().tolist()
     # subtracting log prior leaves the likelihoods: boundary at the midpoint 0
-    full = _predict(model, x, posthoc_transform(counts, 1.0))
+    full = _predict(prior, x, counts, 1.0)
     assert full.preds.tolist() == (x > 0).long().tolist()
     # tau = 0.5 removes half the prior: boundary at log(9) / 4
-    half = _predict(model, x, posthoc_transform(counts, 0.5)).preds
+    half = _predict(prior, x, counts, 0.5).preds
     assert half.tolist() == (x > math.log(9) / 4).long().tolist()
     # confidences are the softmax of the adjusted logits (= likelihood ratio form)
     lik = torch.stack([-0.5 * (x + 1) ** 2, -0.5 * (x - 1) ** 2], 1).softmax(1).max(1).values
     assert full.confidence == pytest.approx(lik.numpy(), rel=1e-5)
-    assert posthoc_transform(counts, 0.0) is None
 
 
 def test_posthoc_adjustment_raises_balanced_accuracy():
@@ -136,13 +131,11 @@ def test_posthoc_adjustment_raises_balanced_accuracy():
     x0, x1 = rng.normal(-1, 1, 4000), rng.normal(1, 1, 4000)  # balanced test set
     x = torch.tensor(np.concatenate([x0, x1]), dtype=torch.float32)
     y = np.concatenate([np.zeros(4000), np.ones(4000)])
-    model = _GaussianBayes([0.9, 0.1])
-
     def balanced(preds):
         return 0.5 * ((preds[y == 0] == 0).mean() + (preds[y == 1] == 1).mean())
 
-    plain = balanced(_predict(model, x, None).preds)
-    adjusted = balanced(_predict(model, x, posthoc_transform([900, 100], 1.0)).preds)
+    plain = balanced(_predict([0.9, 0.1], x).preds)
+    adjusted = balanced(_predict([0.9, 0.1], x, [900, 100], 1.0).preds)
     phi = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
     t = math.log(9) / 2
     assert plain == pytest.approx(0.5 * (phi(t + 1) + 1 - phi(t - 1)), abs=0.015)  # ~0.72
@@ -339,7 +332,7 @@ def test_crt_rebalances_a_biased_head(toy, tmp_path):
     w = after["head.weight"]
     wn = w / w.norm(dim=1, keepdim=True)
     model, _, _ = load_model(out / "best.pt")
-    from tinlt.engine.trainer import make_transforms
+    from tinlt.engine.loaders import make_transforms
     from tinlt.data.sources import load_list
 
     _, eval_tf = make_transforms(model, cfg)
@@ -359,27 +352,29 @@ def test_deployment_paths_apply_tau_norm_and_posthoc_adjustment_like_eval(toy, t
     # zero bias, minus tau * log prior (here computed by hand from the training counts 24 : 3)
     import onnxruntime as ort
 
+    from tinlt.deploy.export import export_checkpoint
+    from tinlt.deploy.predict import predict_paths
     from tinlt.engine.inference import load_model
-    from tinlt.engine.trainer import make_transforms, train
-    from tinlt.export import export_checkpoint
-    from tinlt.predict import predict_paths
+    from tinlt.engine.loaders import make_transforms
+    from tinlt.engine.trainer import train
 
     out = tmp_path / "run"
     cfg = load_config(overrides=_overrides(toy, out, ["train.posthoc_tau=1.0", "train.tau_norm=1.0"]))
     metrics = train(cfg)
-    raw, _, _ = load_model(out / "best.pt", adjust=False)
-    w = raw.head.weight.detach()
+    saved = torch.load(out / "best.pt", weights_only=False)["model"]
+    w = saved["head.weight"]
     log_prior = torch.log(torch.tensor([24.0, 3.0]) / 27.0)
-    _, eval_tf = make_transforms(raw, cfg)
+    model, _, _ = load_model(out / "best.pt")
+    _, eval_tf = make_transforms(model, cfg)
     paths = [ln.split()[0] for ln in toy["test"].read_text().splitlines()]
     imgs = torch.stack([eval_tf(Image.open(toy["root"] / "test" / p).convert("RGB")) for p in paths])
     with torch.no_grad():
-        expected = raw.encode_image(imgs) @ (w / w.norm(dim=1, keepdim=True)).t() - 1.0 * log_prior
-
-    adjusted, _, _ = load_model(out / "best.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(adjusted(imgs), expected, rtol=0, atol=1e-5)
-    assert torch.equal(raw.head.weight, w)  # adjust=False left the trained head alone
+        expected = model.encode_image(imgs) @ (w / w.norm(dim=1, keepdim=True)).t() - 1.0 * log_prior
+        torch.testing.assert_close(model(imgs), expected, rtol=0, atol=1e-5)
+        # training mode scores with the raw head (bias kept, no offset): the adjustments are evaluation-only
+        torch.testing.assert_close(model.train()(imgs), model.encode_image(imgs) @ w.t() + saved["head.bias"],
+                                   rtol=0, atol=1e-5)
+    assert torch.equal(model.head.weight, w)  # the trained head is never rewritten
 
     order = np.argsort(metrics["predictions"]["index"])
     assert np.asarray(metrics["predictions"]["pred"])[order].tolist() == expected.argmax(1).tolist()

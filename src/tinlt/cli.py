@@ -81,25 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(a) -> int:
-    from pathlib import Path
-
-    from .config import load_config
+    from .engine.run_folder import config_for_train
     from .engine.trainer import train
+    from .report import training_hooks
 
-    if a.resume and a.resume != "auto":
-        # the run folder's resolved config is the run; command-line overrides still apply
-        run_cfg = Path(a.resume).parent / "config.yaml"
-        if not Path(a.resume).is_file():
-            raise TinltError(f"--resume: checkpoint not found: {a.resume}")
-        cfg = load_config(run_cfg if run_cfg.is_file() else a.config, a.overrides)
-    else:
-        cfg = load_config(a.config, a.overrides)  # no --config: schema defaults + overrides
-        run_cfg = Path(cfg.train.output_dir) / "config.yaml"
-        if a.resume == "auto" and run_cfg.is_file():
-            cfg = load_config(run_cfg, a.overrides)
+    cfg = config_for_train(a.config, a.overrides, a.resume)
     if a.quiet:
         cfg.train.quiet = True
-    train(cfg, resume=a.resume, command=sys.argv)
+    train(cfg, resume=a.resume, command=sys.argv, hooks=training_hooks(cfg))
     return 0
 
 
@@ -121,7 +110,8 @@ def _cmd_zeroshot(a) -> int:
 
 def _cmd_predict(a) -> int:
     # onnx_predict is torch-free: the --model path must never import torch
-    from .onnx_predict import OnnxClassifier, format_predictions, write_predictions
+    from .deploy.onnx_predict import OnnxClassifier
+    from .deploy.types import format_predictions, write_predictions
 
     if a.topk < 1 or a.batch_size < 1:
         raise TinltError("--topk and --batch-size must be >= 1")
@@ -130,7 +120,7 @@ def _cmd_predict(a) -> int:
     if a.model:
         rows = OnnxClassifier(a.model).predict(a.inputs, topk=a.topk, batch_size=a.batch_size)
     else:
-        from .predict import predict_paths
+        from .deploy.predict import predict_paths
 
         rows = predict_paths(a.checkpoint, a.inputs, topk=a.topk, batch_size=a.batch_size)
     decided = next((r["prediction"] for r in rows if "prediction" in r), None)

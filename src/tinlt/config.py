@@ -4,6 +4,12 @@ We use OmegaConf (the config library behind Hydra): it merges YAML layers and do
 command-line overrides onto a dataclass schema, so an unknown key or a wrong type is
 caught before any work starts. We add the one thing it lacks, a "did you mean" hint.
 
+The schema is the vocabulary every layer speaks: this module also declares the allowed
+value of every key that takes a name (``CHOICES``), and the modules that implement those
+names (models, losses, data) import their lists from here. It imports nothing of tinlt
+but ``errors``, so data, models and losses may depend on it and never the reverse (an
+import contract in ``pyproject.toml`` checks it).
+
 A YAML file may start with ``_base_: other.yaml`` (or a list) to inherit; paths are
 relative to the file. A bare name like ``paper_vitb32`` is looked up in the bundled
 ``tinlt/configs`` folder.
@@ -11,7 +17,6 @@ relative to the file. A bare name like ``paper_vitb32`` is looked up in the bund
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .errors import TinltError
+from .errors import TinltError, close_matches, did_you_mean
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 LISTS_DIR = Path(__file__).resolve().parent / "data" / "lists"
@@ -30,6 +35,33 @@ LISTS_DIR = Path(__file__).resolve().parent / "data" / "lists"
 if not OmegaConf.has_resolver("tinlt_lists"):
     _register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # 2.4 renamed it
     _register("tinlt_lists", lambda rel: str(LISTS_DIR / rel))
+
+
+# Allowed values of the keys that name a method, declared once. The implementing modules
+# (models/tin.py, data/transforms.py, losses.py, ...) take their lists from here.
+SPLIT_KINDS = ("list", "folder", "csv", "fashion_mnist")
+HEADS = ("text", "linear")
+AUGMENTS = ("paper", "none")
+SAMPLERS = ("instance", "class_balanced", "sqrt")
+GROUP_MODES = ("auto", "absolute", "relative")
+LOSSES = ("seesaw", "ce", "focal", "cb_ce", "cb_focal", "balanced_softmax", "logit_adjust", "ldam", "contrastive")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+LR_SCALINGS = ("none", "linear", "sqrt")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+CHOICES = {
+    "model.head": HEADS,
+    "data.augment": AUGMENTS,
+    "data.sampler": SAMPLERS,
+    "data.groups": GROUP_MODES,
+    "loss.name": LOSSES,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
+    "optim.lr_scaling": LR_SCALINGS,
+    "train.amp": AMP_MODES,
+}
+SPLIT_KEYS = ("data.train", "data.val", "data.test")
 
 
 @dataclass
@@ -87,7 +119,7 @@ class ModelConfig:
     # keep the text tower's vocabulary table fixed: a few prompts touch a handful of its rows,
     # yet a dense optimizer update of all of them (25M values for CLIP) costs every step
     freeze_token_embeddings: bool = False
-    # two-stage (cRT, Kang et al. 2020; see tinlt/two_stage.py)
+    # two-stage (cRT, Kang et al. 2020; see tinlt/engine/prepare.py)
     init_from: str = ""  # tinlt checkpoint (or run folder) to load weights from, non-strictly, before training
     reinit_head: bool = False  # linear head: fresh init after init_from
     freeze_features: bool = False  # train only the classifier: the whole image path (tower, attention) is frozen
@@ -150,7 +182,7 @@ class TrainConfig:
     quiet: bool = False
     report: bool = True  # write RUN_DIR/report (figures, HTML, Markdown) when training ends
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs: pip install tinlt[tensorboard])
-    # evaluation-time classifier adjustments (tinlt/two_stage.py), applied in every evaluation
+    # evaluation-time classifier adjustments (tinlt/models/adjust.py), applied in every evaluation
     posthoc_tau: float = 0.0  # post-hoc logit adjustment: logits - tau * log(train prior); 0 = off
     tau_norm: Optional[float] = None  # linear head: tau-normalise the weight rows w_c / ||w_c||^tau, bias dropped
 
@@ -177,12 +209,10 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 def _hint(bad_key: str) -> str:
     valid = _all_keys(OmegaConf.structured(Config))
-    close = difflib.get_close_matches(bad_key, valid, n=1, cutoff=0.5)
+    close = close_matches(bad_key, valid)
     if not close:  # try the last component alone, e.g. "loss.pp" -> "loss.p"
-        leaf = bad_key.split(".")[-1]
         leaves = {k.split(".")[-1]: k for k in valid}
-        m = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
-        close = [leaves[m[0]]] if m else []
+        close = [leaves[m] for m in close_matches(bad_key.split(".")[-1], leaves, cutoff=0.6)]
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -254,28 +284,23 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
     return cfg
 
 
-_CHOICES = {
-    "model.head": ("text", "linear"),
-    "data.augment": ("paper", "none"),
-    "data.sampler": ("instance", "class_balanced", "sqrt"),
-    "data.groups": ("auto", "absolute", "relative"),
-    "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("cosine", "constant"),
-    "optim.lr_scaling": ("none", "linear", "sqrt"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-}
-
-
-def register_choices(key: str, values: tuple[str, ...]) -> None:
-    """Let a module that adds options (e.g. a new loss) extend the validated choices."""
-    _CHOICES[key] = tuple(dict.fromkeys(_CHOICES.get(key, ()) + tuple(values)))
+def check_choice(key: str, value: Any, allowed: tuple[str, ...] | None = None) -> None:
+    """TinltError unless ``value`` is an allowed value of ``key`` (see ``CHOICES``)."""
+    allowed = CHOICES[key] if allowed is None else allowed
+    if value not in allowed:
+        raise TinltError(
+            f"config key '{key}' = {value!r}; expected one of: {', '.join(allowed)}{did_you_mean(str(value), allowed)}"
+        )
 
 
 def validate(cfg: DictConfig) -> None:
-    for key, allowed in _CHOICES.items():
-        val = OmegaConf.select(cfg, key)
-        if val not in allowed:
-            raise TinltError(f"config key '{key}' = {val!r}; expected one of: {', '.join(allowed)}")
+    """Every check that needs no data: run when the config is built, before anything loads."""
+    for key in CHOICES:
+        check_choice(key, OmegaConf.select(cfg, key))
+    for key in SPLIT_KEYS:
+        kind = str(OmegaConf.select(cfg, f"{key}.kind") or "")
+        if kind:
+            check_choice(f"{key}.kind", kind, SPLIT_KINDS)
     if cfg.optim.epochs < 1 and cfg.train.max_steps < 1:
         raise TinltError("config key 'optim.epochs' must be >= 1")
     if not 0 < cfg.optim.lr < 3.4e38:  # beyond float32 the optimizer itself fails
@@ -288,7 +313,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_classifier_options(cfg: DictConfig) -> None:
-    """Options that only make sense for one head type (see tinlt/two_stage.py, losses.ContrastiveLoss)."""
+    """Options that only make sense for one head type (models/adjust.py, engine/prepare.py, losses.ContrastiveLoss)."""
     head = cfg.model.head
     if cfg.train.tau_norm is not None and head != "linear":
         raise TinltError(

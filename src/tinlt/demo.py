@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import fileio
 from .config import load_config
-from .errors import TinltError
 from .engine.progress import echo
-from .sweep import clear_run, made_by, same_config  # one rule for "same run" in demo and sweep
+from .engine.run_folder import RunFolder, made_by
+from .errors import TinltError
 
 DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -39,25 +40,20 @@ def find_fashion_mnist(folder: Optional[str] = None) -> Path:
 
 
 def run_or_reuse(cfg, *, quiet: bool = False, fresh: bool = False) -> tuple[dict, float, bool]:
-    """Train unless ``output_dir`` already holds finished metrics for this exact config.
-
-    ``fresh`` trains from scratch whatever the folder holds.
-    """
-    import json
-
+    """Train unless ``output_dir`` already holds finished metrics for this exact config
+    (run_folder's reuse rule, as ``tinlt sweep``); ``fresh`` trains from scratch."""
     from .engine.trainer import train
+    from .report import training_hooks
 
-    out = Path(cfg.train.output_dir)
-    metrics_path = out / "metrics.json"
-    same = same_config(out, cfg) and not fresh
-    if metrics_path.is_file() and same:
-        m = json.loads(metrics_path.read_text())
+    run = RunFolder(cfg.train.output_dir)
+    state = run.state(cfg, fresh=fresh)
+    m = run.read_metrics() if state == "done" else None
+    if m is not None:
         return m, float(m.get("train_time_s", 0.0)), True
-    resume = (out / "last.pt").is_file() and same
-    if not resume and out.exists():
-        clear_run(out)
+    if state != "resume" and run.path.exists():
+        run.clear()
     t0 = time.time()
-    m = train(cfg, resume="auto" if resume else None)
+    m = train(cfg, resume="auto" if state == "resume" else None, hooks=training_hooks(cfg))
     return m, time.time() - t0, False
 
 
@@ -99,12 +95,11 @@ def run_demo(
             if reused:
                 echo(f"   (reused finished run in {run_dir}, {made_by(m)})", quiet=quiet)
             rows.append((f"{v}: {label}", m, secs))
-            if reused and not (run_dir / "report" / "index.html").is_file():
+            if reused and not (RunFolder(run_dir).report_dir / "index.html").is_file():
                 _write_report(run_dir)
     table = comparison_table(rows)
-    summary = Path(out) / "summary.md"
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text("# tinlt demo\n\nMean per-class accuracy (%), balanced test set.\n\n```\n" + table + "\n```\n")
+    summary = fileio.write_text(Path(out) / "summary.md",
+                                "# tinlt demo\n\nMean per-class accuracy (%), balanced test set.\n\n```\n" + table + "\n```\n")
     print("\n" + table)
     print(f"\nreport: {summary}")
     return rows

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LOSSES, check_choice
 from .errors import TinltError
 
 Counts = Union[Sequence[int], np.ndarray, torch.Tensor]
@@ -407,9 +408,7 @@ class WithContrastive(BaseLoss):
         return f"weight={self.weight}"
 
 
-LOSS_NAMES = (
-    "seesaw", "ce", "focal", "cb_ce", "cb_focal", "balanced_softmax", "logit_adjust", "ldam", "contrastive",
-)
+LOSS_NAMES = LOSSES  # declared with the config schema
 
 
 def build_loss(loss_cfg: Any, class_counts: Counts) -> BaseLoss:
@@ -428,8 +427,7 @@ def build_loss(loss_cfg: Any, class_counts: Counts) -> BaseLoss:
 def _build_base_loss(loss_cfg: Any, class_counts: Counts) -> BaseLoss:
     name = loss_cfg.name
     counts = _as_counts(class_counts)
-    if name not in LOSS_NAMES:
-        raise TinltError(f"config key 'loss.name' = {name!r}; expected one of: {', '.join(LOSS_NAMES)}")
+    check_choice("loss.name", name, LOSS_NAMES)
     smoothing = float(getattr(loss_cfg, "label_smoothing", 0.0))
     if smoothing and name != "ce":
         raise TinltError(f"config key 'loss.label_smoothing' is only used by loss.name=ce, not {name!r}")

@@ -3,13 +3,16 @@
 Counts sum across ranks, accuracies do not: distributed evaluation sums the per-rank
 confusion matrices first and calls :func:`compute_metrics` once. Also owns the binary
 (two-class) metrics - precision, recall, F1, ROC-AUC - and the PR / ROC curves used by
-reports and threshold calibration. Pure numpy.
+reports and threshold calibration, and the decision rule of a calibrated two-class model
+(``ThresholdRule``). Pure numpy, so the torch-free ONNX predictor shares it.
 
 Units: accuracies are percent (0-100); binary precision / recall / F1 / AUC are fractions (0-1).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -235,3 +238,47 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     header = " ".join(f"{title:>9}" for title, _ in cols)
     values = " ".join(f"{cell(metrics.get(key)):>9}" for _, key in cols)
     return f"{header}\n{values}"
+
+
+# ----------------------------------------------------------------------------- decision rule
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """Two classes: predict ``positive`` when its probability >= ``value``, else the other class.
+
+    The deployed operating point of a calibrated two-class model (``tinlt calibrate``);
+    evaluation reports metrics at it and every prediction path decides by it.
+    """
+
+    value: float
+    positive: int
+    positive_name: str
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        extra = ""
+        if "target_recall" in self.info:
+            extra = f" (calibrated for recall >= {self.info['target_recall']:g} on the {self.info.get('split', '?')} split)"
+        return f"predicts '{self.positive_name}' when P({self.positive_name}) >= {self.value:.6g}{extra}"
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """(N, 2) probabilities -> (N,) class indices."""
+        pos = np.asarray(probs)[:, self.positive] >= self.value
+        return np.where(pos, self.positive, 1 - self.positive)
+
+
+def threshold_rule(threshold: Any, info: Optional[dict], classnames: Sequence[str]) -> Optional[ThresholdRule]:
+    """The rule stored with a calibrated checkpoint/model, or None (argmax)."""
+    if threshold is None:
+        return None
+    if len(classnames) != 2:
+        raise TinltError(f"a decision threshold needs 2 classes, the model has {len(classnames)}")
+    info = dict(info or {})
+    pos = int(info.get("positive_class", 1))
+    if pos not in (0, 1):
+        raise TinltError(f"threshold info: positive_class must be 0 or 1, got {pos}")
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise TinltError(f"threshold must be a probability in [0, 1], got {threshold}")
+    return ThresholdRule(value=value, positive=pos, positive_name=str(classnames[pos]), info=info)

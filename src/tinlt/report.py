@@ -23,12 +23,15 @@ import html
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .data.validate import REPORT_JSON as DATA_REPORT
+from .engine.run_folder import CALIBRATION, CONFIG, LOG, METRICS, REPORT_DIR, RUN_INFO
 from .errors import TinltError
 
 GROUP_NAMES = ("many", "medium", "few")
@@ -70,7 +73,7 @@ _STYLE = {
 
 
 @dataclass
-class RunFolder:
+class RunView:
     """Everything a report needs from one run (or eval) folder."""
 
     path: Path
@@ -145,14 +148,14 @@ def _read_log(path: Path, notes: list) -> list:
     return [records[k] for k in sorted(records)]
 
 
-def load_run(path: str | os.PathLike) -> RunFolder:
+def load_run(path: str | os.PathLike) -> RunView:
     """Read a run folder (or a ``tinlt eval`` folder); TinltError if it holds no usable metrics.json."""
     folder = Path(path)
     if not folder.is_dir():
         raise TinltError(f"{folder}: no such run folder")
-    mpath = folder / "metrics.json"
+    mpath = folder / METRICS
     if not mpath.is_file():
-        raise TinltError(f"{folder}: no metrics.json here (not a finished tinlt run or eval folder)")
+        raise TinltError(f"{folder}: no {METRICS} here (not a finished tinlt run or eval folder)")
     metrics = _read_json(mpath)
     if not isinstance(metrics, dict):
         raise TinltError(f"{mpath}: expected a JSON object")
@@ -165,29 +168,29 @@ def load_run(path: str | os.PathLike) -> RunFolder:
     ):
         raise TinltError(f"{mpath}: 'per_class' must be a list of rows with name, train_count, test_count, accuracy")
     names = [str(r.get("name")) for r in rows]
-    rf = RunFolder(path=folder, metrics=metrics)
+    rf = RunView(path=folder, metrics=metrics)
 
     def _matches(d: Path) -> bool:
-        if not (d / "run.json").is_file():
-            return (d / "config.yaml").is_file()
+        if not (d / RUN_INFO).is_file():
+            return (d / CONFIG).is_file()
         try:
-            run = json.loads((d / "run.json").read_text())
+            run = json.loads((d / RUN_INFO).read_text())
         except (OSError, json.JSONDecodeError):
             return False
         return isinstance(run, dict) and list(map(str, run.get("classnames", names))) == names
 
     # an eval folder sits inside (or next to) the checkpoint's run folder
     for d in (folder, folder.parent):
-        if ((d / "run.json").is_file() or (d / "config.yaml").is_file()) and _matches(d):
+        if ((d / RUN_INFO).is_file() or (d / CONFIG).is_file()) and _matches(d):
             rf.meta_dir = d
             break
     if rf.meta_dir is not None and rf.meta_dir != folder:
-        rf.notes.append(f"run.json, config.yaml and log.jsonl are those of the training run in {rf.meta_dir}")
+        rf.notes.append(f"{RUN_INFO}, {CONFIG} and {LOG} are those of the training run in {rf.meta_dir}")
     _read_meta(rf)
     return rf
 
 
-def training_run(path: str | os.PathLike) -> Optional[RunFolder]:
+def training_run(path: str | os.PathLike) -> Optional[RunView]:
     """A run still training (no metrics.json yet) from run.json and log.jsonl, or None without run.json.
 
     Holds no accuracies: only the figures drawn from the log (gradient ratio, accuracy per
@@ -195,26 +198,26 @@ def training_run(path: str | os.PathLike) -> Optional[RunFolder]:
     """
     folder = Path(path)
     try:
-        run = json.loads((folder / "run.json").read_text())
+        run = json.loads((folder / RUN_INFO).read_text())
         names, counts = list(run["classnames"]), list(run["train_counts"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     per_class = [{"class": c, "name": str(n), "train_count": int(k), "test_count": 0, "accuracy": None, "group": None}
                  for c, (n, k) in enumerate(zip(names, counts))]
-    rf = RunFolder(path=folder, metrics={"per_class": per_class, "confusion": [], "overall": None}, meta_dir=folder)
+    rf = RunView(path=folder, metrics={"per_class": per_class, "confusion": [], "overall": None}, meta_dir=folder)
     _read_meta(rf)
     return rf
 
 
-def _read_meta(rf: RunFolder) -> None:
+def _read_meta(rf: RunView) -> None:
     if rf.meta_dir is not None:
-        if (rf.meta_dir / "run.json").is_file():
+        if (rf.meta_dir / RUN_INFO).is_file():
             try:
-                run = _read_json(rf.meta_dir / "run.json")
+                run = _read_json(rf.meta_dir / RUN_INFO)
                 rf.run = run if isinstance(run, dict) else {}
             except TinltError as e:
                 rf.notes.append(str(e))
-        cpath = rf.meta_dir / "config.yaml"
+        cpath = rf.meta_dir / CONFIG
         if cpath.is_file():
             rf.config_text = cpath.read_text()
             from .config import load_config
@@ -223,7 +226,7 @@ def _read_meta(rf: RunFolder) -> None:
                 rf.config = load_config(cpath)
             except TinltError as e:
                 rf.notes.append(f"config not loaded: {e}")
-        lpath = rf.meta_dir / "log.jsonl"
+        lpath = rf.meta_dir / LOG
         if lpath.is_file():
             rf.log = _read_log(lpath, rf.notes)
 
@@ -257,7 +260,7 @@ def _pct(v: Optional[float], digits: int = 1) -> str:
     return "\u2013" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _eval_split(rf: RunFolder) -> Optional[str]:
+def _eval_split(rf: RunView) -> Optional[str]:
     split = rf.run.get("eval_split")
     if split:
         return split
@@ -268,7 +271,7 @@ def _eval_split(rf: RunFolder) -> Optional[str]:
     return None
 
 
-def group_bounds(rf: RunFolder) -> tuple[list, str]:
+def group_bounds(rf: RunView) -> tuple[list, str]:
     """Shaded x-ranges ``[(group, lo, hi), ...]`` of the training-count axis, and how they were found.
 
     Absolute groups come from the config thresholds (few: count < few_threshold, many:
@@ -348,7 +351,7 @@ def _plural(n: int, word: str) -> str:
 # Each returns a matplotlib Figure, or None with the reason appended to ``notes``.
 
 
-def fig_per_class_accuracy(rf: RunFolder, notes: list):
+def fig_per_class_accuracy(rf: RunView, notes: list):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -413,7 +416,7 @@ def fig_per_class_accuracy(rf: RunFolder, notes: list):
     return fig
 
 
-def fig_groups(rf: RunFolder, notes: list):
+def fig_groups(rf: RunView, notes: list):
     m = rf.metrics
     sizes = m.get("group_sizes") or {}
     labels, values, colours = ["overall"], [m.get("overall")], [GROUP_COLOURS["overall"]]
@@ -445,7 +448,7 @@ def fig_groups(rf: RunFolder, notes: list):
     return fig
 
 
-def fig_confusion(rf: RunFolder, notes: list):
+def fig_confusion(rf: RunView, notes: list):
     cm = np.asarray(rf.metrics["confusion"], dtype=np.float64)
     C = cm.shape[0]
     if cm.ndim != 2 or C == 0 or cm.shape != (C, C):
@@ -496,7 +499,7 @@ def _epoch_series(log: list, key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(xs), np.array(ys)
 
 
-def fig_training_curves(rf: RunFolder, notes: list):
+def fig_training_curves(rf: RunView, notes: list):
     if not rf.log:
         notes.append("training curves: no log.jsonl (an evaluation-only folder)")
         return None
@@ -524,7 +527,7 @@ def fig_training_curves(rf: RunFolder, notes: list):
     return fig
 
 
-def fig_eval_curves(rf: RunFolder, notes: list):
+def fig_eval_curves(rf: RunView, notes: list):
     split = _eval_split(rf)
     recs = [r for r in rf.log if split and isinstance(r.get(split), dict)]
     if len(recs) < 2:
@@ -553,10 +556,10 @@ def fig_eval_curves(rf: RunFolder, notes: list):
     return fig
 
 
-def _calibration(rf: RunFolder) -> dict:
+def _calibration(rf: RunView) -> dict:
     """``tinlt calibrate``'s calibration.json in the run folder, or {}."""
     for folder in {rf.path, rf.meta_dir} - {None}:
-        f = Path(folder) / "calibration.json"
+        f = Path(folder) / CALIBRATION
         if f.is_file():
             try:
                 data = _read_json(f)
@@ -566,7 +569,7 @@ def _calibration(rf: RunFolder) -> dict:
     return {}
 
 
-def _threshold(rf: RunFolder) -> Optional[float]:
+def _threshold(rf: RunView) -> Optional[float]:
     for src in (rf.metrics, rf.run, _calibration(rf)):
         t = src.get("threshold")
         if isinstance(t, dict):
@@ -576,7 +579,7 @@ def _threshold(rf: RunFolder) -> Optional[float]:
     return None
 
 
-def fig_pr_roc(rf: RunFolder, notes: list):
+def fig_pr_roc(rf: RunView, notes: list):
     from .metrics import precision_recall_curve, roc_curve
 
     b = rf.metrics.get("binary")
@@ -636,7 +639,7 @@ def fig_pr_roc(rf: RunFolder, notes: list):
     return fig
 
 
-def _rebuild_test_split(rf: RunFolder, notes: list):
+def _rebuild_test_split(rf: RunView, notes: list):
     """The test split the predictions index into, or None (with a note) if it cannot be trusted."""
     from .data.build import build_split
 
@@ -662,7 +665,7 @@ def _rebuild_test_split(rf: RunFolder, notes: list):
         return None
     if rf.meta_dir is not None and not samples.in_memory:
         split_key = "data.test" if str(rf.config.data.test.kind or "") else "data.val"
-        samples = _drop_checked_out(samples, rf.meta_dir / "data_report.json", split_key)
+        samples = _drop_checked_out(samples, rf.meta_dir / DATA_REPORT, split_key)
     index, target = np.asarray(index, dtype=np.int64), np.asarray(target, dtype=np.int64)
     if (len(samples) != len(index) or (index.size and (index.min() < 0 or index.max() >= len(samples)))
             or not np.array_equal(samples.labels[index], target)):
@@ -728,7 +731,7 @@ def _thumbnail(samples, item_index: int, size: int = 160) -> np.ndarray:
     return np.asarray(img)
 
 
-def fig_samples(rf: RunFolder, notes: list):
+def fig_samples(rf: RunView, notes: list):
     samples = _rebuild_test_split(rf, notes)
     if samples is None:
         return None
@@ -779,7 +782,7 @@ def fig_samples(rf: RunFolder, notes: list):
     return fig
 
 
-def fig_grad_ratio(rf: RunFolder, notes: list):
+def fig_grad_ratio(rf: RunView, notes: list):
     recs = [r for r in rf.log if isinstance(r.get("grad_ratio"), list)]
     if not recs:
         if rf.log:
@@ -858,7 +861,7 @@ CAPTIONS = {
 }
 
 
-def run_figures(rf: RunFolder, notes: Optional[list] = None, only: Optional[Sequence[str]] = None) -> dict:
+def run_figures(rf: RunView, notes: Optional[list] = None, only: Optional[Sequence[str]] = None) -> dict:
     """``{file name: Figure}`` for every figure the run supports; each failure becomes a note."""
     notes = rf.notes if notes is None else notes
     out = {}
@@ -905,7 +908,7 @@ def _binary_rows(m: dict) -> list[tuple[str, str]]:
             ("recall", f(b.get("recall"))), ("F1", f(b.get("f1"))), ("ROC-AUC", f(b.get("auc")))]
 
 
-def _summary_line(rf: RunFolder) -> list[tuple[str, str]]:
+def _summary_line(rf: RunView) -> list[tuple[str, str]]:
     cfg = rf.config
     items = [("folder", str(rf.path.resolve()))]
     if cfg is not None:
@@ -922,7 +925,7 @@ def _summary_line(rf: RunFolder) -> list[tuple[str, str]]:
     return items
 
 
-def _confusion_rows(rf: RunFolder, k: int = 10) -> list[tuple[str, str, int, str]]:
+def _confusion_rows(rf: RunView, k: int = 10) -> list[tuple[str, str, int, str]]:
     from .metrics import top_confusions
 
     test_counts = {str(r["name"]): int(r["test_count"]) for r in rf.per_class}
@@ -967,12 +970,12 @@ def _table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _versions(rf: RunFolder) -> list[tuple[str, str]]:
+def _versions(rf: RunView) -> list[tuple[str, str]]:
     v = rf.run.get("versions")
     return [(str(k), str(x)) for k, x in v.items()] if isinstance(v, dict) else []
 
 
-def _command(rf: RunFolder) -> str:
+def _command(rf: RunView) -> str:
     cmd = rf.run.get("command")
     if isinstance(cmd, list):
         import shlex
@@ -981,7 +984,7 @@ def _command(rf: RunFolder) -> str:
     return str(cmd) if cmd else ""
 
 
-def _write_html(rf: RunFolder, out: Path, figures: list[tuple[str, str]], notes: list) -> Path:
+def _write_html(rf: RunView, out: Path, figures: list[tuple[str, str]], notes: list) -> Path:
     e = html.escape
     m = rf.metrics
     head = _headline_rows(m)
@@ -1024,7 +1027,7 @@ def _write_html(rf: RunFolder, out: Path, figures: list[tuple[str, str]], notes:
     return path
 
 
-def _write_markdown(rf: RunFolder, out: Path, figures: list[tuple[str, str]], notes: list) -> Path:
+def _write_markdown(rf: RunView, out: Path, figures: list[tuple[str, str]], notes: list) -> Path:
     m = rf.metrics
     head = _headline_rows(m)
     lines = [f"# tinlt report: {rf.name}", "", " | ".join(f"**{k}** {v}" for k, v in _summary_line(rf)), "",
@@ -1062,7 +1065,7 @@ def build_report(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = 
     usable ``metrics.json``; anything else missing leaves out a figure, with a note on the page.
     """
     rf = load_run(run_dir)
-    dest = Path(out) if out is not None else rf.path / "report"
+    dest = Path(out) if out is not None else rf.path / REPORT_DIR
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -1082,6 +1085,76 @@ def build_report(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = 
     _write_html(rf, dest, written, notes)
     _write_markdown(rf, dest, written, notes)
     return dest
+
+
+def refresh_report(run_dir: str | os.PathLike, *, quiet: bool = False) -> Optional[Path]:
+    """Rebuild a run's existing report (e.g. after ``tinlt calibrate``); None when it has none."""
+    from .engine.progress import echo
+
+    run_dir = Path(run_dir)
+    if not ((run_dir / REPORT_DIR).is_dir() and (run_dir / METRICS).is_file()):
+        return None
+    try:
+        return build_report(run_dir)
+    except TinltError as e:
+        echo(f"report not refreshed ({e})", quiet=quiet)
+        return None
+
+
+# --------------------------------------------------------------------------- training hooks
+
+# figures that need only run.json + log.jsonl (drawn every epoch) and those that need metrics.json (at the end)
+EPOCH_FIGURES = ("grad_ratio.png", "eval_curves.png")
+FINAL_FIGURES = ("per_class_accuracy.png", "groups.png", "confusion.png", "pr_roc.png")
+
+
+def _figure_to_rgb(fig) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class ReportHook:
+    """A training hook (engine/hooks.py): the report's figures in TensorBoard every epoch
+    (``train.tensorboard``) and the report folder when training ends (``train.report``)."""
+
+    def __init__(self, *, figures: bool, report: bool) -> None:
+        self.figures, self.report = figures, report
+
+    def _log_figures(self, ctx, final: bool) -> None:
+        try:  # a figure must never stop training
+            rf, only = (load_run(ctx.run.path), EPOCH_FIGURES + FINAL_FIGURES) if final else \
+                (training_run(ctx.run.path), EPOCH_FIGURES)
+            if rf is not None:
+                figs = run_figures(rf, notes=[], only=only)
+                ctx.logger.log_images(ctx.epoch, {Path(n).stem: _figure_to_rgb(f) for n, f in figs.items()})
+        except Exception as e:  # noqa: BLE001
+            from .engine.progress import echo
+
+            echo(f"tensorboard: figures skipped ({type(e).__name__}: {e})")
+
+    def on_epoch_end(self, ctx) -> None:
+        if self.figures:
+            self._log_figures(ctx, final=False)
+
+    def on_finish(self, ctx) -> None:
+        from .engine.progress import echo
+
+        if self.figures:
+            self._log_figures(ctx, final=True)
+        if self.report:
+            try:  # figures and pages for people: a failure here must never lose the run
+                echo(f"report: {build_report(ctx.run.path) / 'index.html'}")
+            except Exception as e:  # noqa: BLE001
+                print(f"tinlt: warning: report not written ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def training_hooks(cfg) -> list:
+    """The hooks ``tinlt train``, ``demo`` and ``sweep`` attach to a run of ``cfg``."""
+    figures, report = bool(cfg.train.get("tensorboard", False)), bool(cfg.train.get("report", True))
+    return [ReportHook(figures=figures, report=report)] if (figures or report) else []
 
 
 # --------------------------------------------------------------------------- comparing runs
@@ -1146,7 +1219,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: Optional[str | os.P
     return dest
 
 
-def fig_compare(runs: Sequence[RunFolder], names: Sequence[str]):
+def fig_compare(runs: Sequence[RunView], names: Sequence[str]):
     from matplotlib.lines import Line2D
 
     all_counts = np.concatenate([np.maximum(r.train_counts, 1) for r in runs])

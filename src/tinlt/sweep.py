@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import copy
 import csv
-import difflib
 import itertools
-import json
 import re
 import sys
 import time
@@ -43,13 +41,14 @@ from typing import Any, Optional, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .config import load_config, resolve_config_path, to_dict, to_yaml
-from .errors import Interrupted, TinltError
+from . import fileio
+from .config import load_config, resolve_config_path
+from .engine.run_folder import BEST, CONFIG, RunFolder, made_by
+from .errors import Interrupted, TinltError, did_you_mean
 
 GRID_KEYS = ("name", "base", "overrides", "grid", "cells")
 CELL_KEYS = ("name", "overrides", "eval_from")
 EVAL_PREFIXES = ("train.", "data.")  # what ``tinlt eval`` may change on a checkpoint's config
-IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
 METRIC_KEYS = ("overall", "many", "medium", "few", "instance_acc")
 CELL_FILE = "sweep.json"
 
@@ -69,6 +68,10 @@ class Cell:
     def out(self) -> Path:
         return Path(self.cfg.train.output_dir)
 
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.cfg.train.output_dir)
+
 
 @dataclass
 class Sweep:
@@ -81,11 +84,6 @@ class Sweep:
 
 
 # ----------------------------------------------------------------------------- reading a grid file
-
-
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _node_lines(text: str) -> dict:
@@ -191,7 +189,7 @@ def load_sweep(
     for key in spec:
         if key not in GRID_KEYS:
             where = f"{path}:{lines.get(('top', key), '?')}"
-            raise TinltError(f"{where}: unknown grid key '{key}'{_did_you_mean(key, GRID_KEYS)}")
+            raise TinltError(f"{where}: unknown grid key '{key}'{did_you_mean(key, GRID_KEYS)}")
     if "base" not in spec or not isinstance(spec["base"], str):
         raise TinltError(f"{path}: 'base' (a config name or path) is required")
     if "grid" not in spec and "cells" not in spec:
@@ -224,7 +222,7 @@ def load_sweep(
             raise TinltError(f"{where}: each cell must be a mapping with 'name' and 'overrides'")
         for key in rc:
             if key not in CELL_KEYS:
-                raise TinltError(f"{where}: unknown cell key '{key}'{_did_you_mean(key, CELL_KEYS)}")
+                raise TinltError(f"{where}: unknown cell key '{key}'{did_you_mean(key, CELL_KEYS)}")
         if "cells" in spec and not rc.get("name"):
             raise TinltError(f"{where}: every cell needs a 'name'")
         cell_ovs = subst(_as_override_list(rc.get("overrides"), where))
@@ -278,114 +276,39 @@ def _resolve_cell(base, common, own, cell_out, name, eval_from, by_name, path, l
 # ----------------------------------------------------------------------------- running
 
 
-def _align(old: dict, new: dict, default: dict) -> tuple[dict, dict]:
-    """Drop keys the schema gained since ``old`` was saved (while at their default) or lost since."""
-    a, b = {}, {}
-    for k in set(old) | set(new):
-        if k not in new:
-            continue
-        if k not in old:
-            if new[k] == default.get(k):
-                continue
-            b[k] = new[k]
-            continue
-        if isinstance(old[k], dict) and isinstance(new[k], dict):
-            a[k], b[k] = _align(old[k], new[k], default.get(k) or {})
-        else:
-            a[k], b[k] = old[k], new[k]
-    return a, b
-
-
-def same_config(folder: Path, cfg: DictConfig) -> bool:
-    """Whether ``folder/config.yaml`` describes the same run as ``cfg``.
-
-    Keys in IGNORED_FOR_REUSE do not count, nor do config keys added to the schema after the
-    run was made, as long as ``cfg`` leaves them at their default.
-    """
-    from .config import Config
-
-    saved = folder / "config.yaml"
-    if not saved.is_file():
-        return False
-    try:
-        old = yaml.safe_load(saved.read_text())
-    except yaml.YAMLError:
-        return False
-    if not isinstance(old, dict):
-        return False
-    new = json.loads(json.dumps(to_dict(cfg)))
-    old = json.loads(json.dumps(old))
-    for d in (old, new):
-        for section, key in IGNORED_FOR_REUSE:
-            d.get(section, {}).pop(key, None)
-    old, new = _align(old, new, to_dict(OmegaConf.structured(Config)))
-    return old == new
-
-
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json")
-
-
-def clear_run(folder: Path, extra: Sequence[str] = ()) -> None:
-    """Remove a run's results so that a new run cannot mix with them (the folder stays)."""
-    for name in (*RUN_FILES, *extra):
-        (folder / name).unlink(missing_ok=True)
-
-
-def made_by(metrics: dict) -> str:
-    """Which release made a finished run (its metrics.json), for the line that says it is reused."""
-    from . import __version__
-
-    version = metrics.get("tinlt_version")
-    if version is None:
-        return "made before runs recorded their tinlt version; --fresh retrains"
-    if version != __version__:
-        return f"made by tinlt {version}, this is {__version__}; --fresh retrains"
-    return f"tinlt {version}"
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _source(sweep: Sweep, cell: Cell) -> Path:
+    return sweep.out / _safe_name(cell.eval_from) / BEST
 
 
 def _source_stamp(sweep: Sweep, cell: Cell) -> Optional[int]:
-    src = sweep.out / _safe_name(cell.eval_from) / "best.pt"
+    src = _source(sweep, cell)
     return src.stat().st_mtime_ns if src.is_file() else None
 
 
 def cell_state(sweep: Sweep, cell: Cell) -> str:
-    """'done' (reusable), 'resume' (a last.pt for this config), or 'run'."""
-    folder = cell.out
-    same = same_config(folder, cell.cfg)
-    if same and (folder / "metrics.json").is_file():
-        if cell.eval_from is None:
-            return "done"
-        info = _read_json(folder / CELL_FILE) or {}
-        if info.get("source_mtime_ns") == _source_stamp(sweep, cell) and info.get("source_mtime_ns") is not None:
-            return "done"
-        return "run"
-    if cell.eval_from is None and same and (folder / "last.pt").is_file():
-        return "resume"
-    return "run"
+    """'done' (reusable), 'resume' (a last.pt for this config), or 'run' (run_folder's rule; an
+    evaluation-only cell is reusable only while its source's best.pt is the one it scored)."""
+    state = cell.run.state(cell.cfg)
+    if cell.eval_from is None or state == "run":
+        return state
+    stamp = (cell.run.read_json(CELL_FILE) or {}).get("source_mtime_ns")
+    return "done" if state == "done" and stamp is not None and stamp == _source_stamp(sweep, cell) else "run"
 
 
 def _write_cell_info(folder: Path, info: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CELL_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(folder / CELL_FILE)
+    fileio.write_json(folder / CELL_FILE, info)
 
 
 def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
     """Train (or evaluate) one cell; returns its sweep.json record."""
     from .engine import inference, trainer
+    from .report import training_hooks
 
     folder = cell.out
-    previous = (_read_json(folder / CELL_FILE) or {}) if state == "resume" else {}
+    previous = (cell.run.read_json(CELL_FILE) or {}) if state == "resume" else {}
     if state == "run" and folder.exists():  # a changed cell: its old files would mix with the new run
-        clear_run(folder, extra=(CELL_FILE, "config.yaml"))
+        cell.run.clear(extra=(CELL_FILE, CONFIG))
     cfg = copy.deepcopy(cell.cfg)
     if quiet:
         cfg.train.quiet = True
@@ -395,14 +318,15 @@ def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
     t0 = time.time()
     try:
         if cell.eval_from is None:
-            trainer.train(cfg, resume="auto" if state == "resume" else None, command=list(sys.argv))
+            trainer.train(cfg, resume="auto" if state == "resume" else None, command=list(sys.argv),
+                          hooks=training_hooks(cfg))
         else:
-            src = sweep.out / _safe_name(cell.eval_from) / "best.pt"
+            src = _source(sweep, cell)
             if not src.is_file():
                 raise TinltError(f"cell '{cell.name}': eval_from cell '{cell.eval_from}' has no {src}")
             stamp = src.stat().st_mtime_ns
             inference.evaluate_checkpoint(src, cell.overrides, out_dir=folder, quiet=cfg.train.quiet)
-            (folder / "config.yaml").write_text(to_yaml(cfg))
+            cell.run.write_config(cfg)
             info["source_mtime_ns"] = stamp
         info["status"] = "done"
     except (KeyboardInterrupt, Interrupted):
@@ -430,7 +354,7 @@ def run_sweep(
     names = {c.name for c in sweep.cells}
     for n in only or ():
         if n not in names:
-            raise TinltError(f"--only: no cell named '{n}'{_did_you_mean(n, sorted(names))}")
+            raise TinltError(f"--only: no cell named '{n}'{did_you_mean(n, sorted(names))}")
     states = {}
     for cell in sweep.cells:
         state = cell_state(sweep, cell)
@@ -449,7 +373,7 @@ def run_sweep(
             if only and cell.name not in only:
                 continue
             if states[cell.name] == "done":
-                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(_read_json(cell.out / 'metrics.json') or {})})")
+                log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(cell.run.read_metrics() or {})})")
                 continue
             log(f"[{i}/{len(sweep.cells)}] {cell.name}: {' '.join(cell.overrides) or '(base config)'}")
             info = _run_cell(sweep, cell, states[cell.name], quiet)
@@ -469,8 +393,8 @@ def results_rows(sweep: Sweep, states: Optional[dict] = None) -> list[dict]:
     rows = []
     for cell in sweep.cells:
         folder = cell.out
-        metrics = _read_json(folder / "metrics.json") if same_config(folder, cell.cfg) else None
-        info = _read_json(folder / CELL_FILE) or {}
+        metrics = cell.run.read_metrics() if cell.run.same_config(cell.cfg) else None
+        info = cell.run.read_json(CELL_FILE) or {}
         state = (states or {}).get(cell.name)
         if state is None:  # just reading the folder
             status = "done" if metrics is not None else "pending"
@@ -525,14 +449,14 @@ def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
 
 
 def write_results(sweep: Sweep, rows: list[dict]) -> tuple[Path, Path]:
+    import io
+
     sweep.out.mkdir(parents=True, exist_ok=True)
-    md = sweep.out / "results.md"
-    md.write_text(format_markdown(sweep, rows))
-    path_csv = sweep.out / "results.csv"
+    md = fileio.write_text(sweep.out / "results.md", format_markdown(sweep, rows))
     fields = ["cell", "overrides", *METRIC_KEYS, "wall_s", "status", "run"]
-    with open(path_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
-    return md, path_csv
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+    return md, fileio.write_text(sweep.out / "results.csv", buf.getvalue())

@@ -56,7 +56,7 @@ def register(subparsers) -> dict:
 
 
 def _cmd_export(a) -> int:
-    from ..export import export_checkpoint
+    from ..deploy.export import export_checkpoint
 
     export_checkpoint(
         a.checkpoint,
@@ -74,8 +74,12 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_calibrate(a) -> int:
-    from ..calibrate import calibrate_checkpoint
+    from pathlib import Path
 
-    calibrate_checkpoint(a.checkpoint, target_recall=a.target_recall, split=a.split, overrides=a.overrides,
-                         quiet=a.quiet)
+    from ..deploy.calibrate import calibrate_checkpoint
+    from ..report import refresh_report
+
+    info = calibrate_checkpoint(a.checkpoint, target_recall=a.target_recall, split=a.split, overrides=a.overrides,
+                                quiet=a.quiet)
+    refresh_report(Path(info["checkpoint"]).parent, quiet=a.quiet)  # its PR figure marks the new point
     return 0

@@ -29,7 +29,8 @@ _EXPORTS = {
     "transforms": ("build_transforms",),
     "dataset": ("ImageDataset",),
     "samplers": ("ClassBalancedSampler", "build_sampler"),
-    "build": ("build_split", "check_same_classes", "SPLIT_KINDS"),
+    "build": ("build_split", "check_same_classes"),
+    "bundle": ("DataBundle", "build_data"),
     "inspect": ("summarize", "format_summary"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

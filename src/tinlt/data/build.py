@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..config import SPLIT_KINDS, check_choice
 from ..errors import TinltError
 from .fashion_mnist import DEFAULT_FOLDER, load_fashion_mnist
 from .longtail import select_classes, subsample
 from .samples import Samples
 from .sources import load_csv, load_folder, load_list
 
-SPLIT_KINDS = ("list", "folder", "csv", "fashion_mnist")
 
 
 def _key_of(split_cfg: Any) -> str:
@@ -38,8 +38,7 @@ def build_split(split_cfg: Any, where: Optional[str] = None) -> Optional[Samples
     kind = str(_get(split_cfg, "kind", "") or "").strip()
     if not kind:
         return None
-    if kind not in SPLIT_KINDS:
-        raise TinltError(f"config key '{where}.kind' = {kind!r}; expected one of: {', '.join(SPLIT_KINDS)}")
+    check_choice(f"{where}.kind", kind, SPLIT_KINDS)
     path = str(_get(split_cfg, "path", "") or "")
     root = str(_get(split_cfg, "root", "") or "") or None
     classnames = str(_get(split_cfg, "classnames", "") or "") or None

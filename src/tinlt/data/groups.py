@@ -12,15 +12,14 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from ..config import GROUP_MODES, check_choice
 from ..errors import TinltError
 
-GROUP_MODES = ("auto", "absolute", "relative")
 GROUP_NAMES = ("many", "medium", "few")
 
 
 def resolve_mode(num_classes: int, mode: str = "auto") -> str:
-    if mode not in GROUP_MODES:
-        raise TinltError(f"shot-group mode {mode!r}; expected one of: {', '.join(GROUP_MODES)}")
+    check_choice("data.groups", mode, GROUP_MODES)
     if mode == "auto":
         return "relative" if num_classes == 2 else "absolute"
     if mode == "relative" and num_classes != 2:

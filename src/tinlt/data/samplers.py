@@ -14,9 +14,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from torch.utils.data import DistributedSampler, Sampler
 
+from ..config import SAMPLERS, check_choice
 from ..errors import TinltError
-
-SAMPLERS = ("instance", "class_balanced", "sqrt")
 
 
 class ClassBalancedSampler(Sampler):
@@ -84,6 +83,7 @@ def build_sampler(
 ) -> Optional[Sampler]:
     """``instance`` -> None (the loader shuffles), or a seeded DistributedSampler when
     ``world_size > 1``; ``class_balanced`` / ``sqrt`` -> :class:`ClassBalancedSampler`."""
+    check_choice("data.sampler", name, SAMPLERS)
     if name == "instance":
         if world_size <= 1:
             return None
@@ -91,7 +91,5 @@ def build_sampler(
         return DistributedSampler(
             range(len(labels)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
-    if name in ("class_balanced", "sqrt"):
-        mode = "balanced" if name == "class_balanced" else "sqrt"
-        return ClassBalancedSampler(labels, num_samples, mode=mode, seed=seed, rank=rank, world_size=world_size)
-    raise TinltError(f"config key 'data.sampler' = {name!r}; expected one of: {', '.join(SAMPLERS)}")
+    mode = "balanced" if name == "class_balanced" else "sqrt"
+    return ClassBalancedSampler(labels, num_samples, mode=mode, seed=seed, rank=rank, world_size=world_size)

@@ -22,10 +22,10 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from ..config import AUGMENTS, check_choice
 from ..errors import TinltError
 from .images import to_rgb
 
-AUGMENTS = ("paper", "none")
 CROP_SCALE = (0.5, 1.0)
 ROTATION_DEGREES = 10.0
 JITTER = 0.2
@@ -51,8 +51,7 @@ def build_transforms(
     augment: str = "paper",
 ) -> T.Compose:
     """Transform from a PIL image (or uint8 array) to a normalised (3, S, S) float tensor."""
-    if augment not in AUGMENTS:
-        raise TinltError(f"config key 'data.augment' = {augment!r}; expected one of: {', '.join(AUGMENTS)}")
+    check_choice("data.augment", augment, AUGMENTS)
     if int(image_size) < 1:
         raise TinltError(f"config key 'data.image_size' must be >= 1, got {image_size}")
     mean, std = [float(m) for m in mean], [float(s) for s in std]

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import TinltError
+from ..fileio import write_text
 from .images import MAX_PIXELS, open_image
 from .samples import Samples
 
@@ -367,7 +368,7 @@ def write_report(check: DataCheck, out_dir: str | os.PathLike, *, strict: bool =
         "problems": [asdict(p) for p in check.problems],
     }
     json_path, txt_path = out / REPORT_JSON, out / REPORT_TXT
-    _write_text(json_path, json.dumps(doc, indent=2) + "\n")
+    write_text(json_path, json.dumps(doc, indent=2) + "\n")
 
     lines = [f"tinlt data report ({doc['policy']}): {doc['errors']} error(s), {doc['warnings']} warning(s)", ""]
     for k, s in splits.items():
@@ -378,14 +379,8 @@ def write_report(check: DataCheck, out_dir: str | os.PathLike, *, strict: bool =
         rank = {k: i for i, k in enumerate(check.reports)}
         for p in sorted(check.problems, key=lambda p: (rank.get(p.split, len(rank)), order.get(p.severity, 2))):
             lines.append(f"{p.split}\t{p.severity}\t{p.action}\t{p.item}\t{p.reason}")
-    _write_text(txt_path, "\n".join(lines) + "\n")
+    write_text(txt_path, "\n".join(lines) + "\n")
     return json_path, txt_path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summary_line(check: DataCheck) -> str:

@@ -3,19 +3,23 @@
 Counts, not accuracies, cross process boundaries: each rank builds a confusion matrix on
 its shard (no padding, so no image is counted twice) and the matrices are summed before
 any accuracy is computed.
+
+The model is a TIN (its class text features are computed once per pass) or any scoring
+backend with ``logits(images) -> (B, C) tensor`` (e.g. an exported ONNX graph,
+``tinlt.deploy.onnx_predict``), so every path from images to metrics is this loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..metrics import compute_metrics, confusion_matrix
+from .device import autocast_for
 from .distributed import all_gather_arrays, all_reduce_numpy
 from .progress import progress
 
@@ -30,17 +34,20 @@ class Predictions:
     scores: Optional[np.ndarray]  # (N, C) probabilities; kept only for small C (binary metrics)
 
 
-def autocast_for(device: torch.device, amp: str):
-    """bf16 autocast on CUDA by default, nothing on CPU (fp32 there is both exact and fastest)."""
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
+def _scorer(model: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], None]]:
+    """(images -> logits, restore) for a TIN (eval mode, text features once) or a backend."""
+    if hasattr(model, "logits") and not isinstance(model, torch.nn.Module):
+        return model.logits, lambda: None
+    core = getattr(model, "module", model)
+    was_training = core.training
+    core.eval()  # eval mode: dropout, BatchNorm statistics and the evaluation-time adjustments
+    text_features = core.class_text_features() if core.uses_text_head else None
+    return (lambda images: core(images, text_features=text_features)), (lambda: core.train(was_training))
 
 
 @torch.no_grad()
 def predict_loader(
-    model: torch.nn.Module,
+    model: Any,
     loader: DataLoader,
     *,
     num_classes: int,
@@ -49,23 +56,15 @@ def predict_loader(
     keep_scores_up_to: int = 16,
     desc: str = "eval",
     quiet: bool = False,
-    logit_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> Predictions:
-    """``logit_transform`` (e.g. post-hoc logit adjustment, tinlt/two_stage.py) maps each batch's
-    fp32 logits before the softmax; predictions and confidences follow the transformed logits."""
-    core = getattr(model, "module", model)
-    was_training = core.training
-    core.eval()
-    text_features = core.class_text_features() if core.uses_text_head else None
+    """Predictions of ``model`` (a TIN or a backend, see the module doc) over ``loader``."""
+    score, restore = _scorer(model)
     idx_l, tgt_l, pred_l, conf_l, score_l = [], [], [], [], []
     for images, targets, indices in progress(loader, desc=desc, quiet=quiet, unit="batch"):
         images = images.to(device, non_blocking=True)
         with autocast_for(device, amp):
-            logits = core(images, text_features=text_features)
-        logits = logits.float()
-        if logit_transform is not None:
-            logits = logit_transform(logits)
-        probs = logits.softmax(dim=-1)
+            logits = score(images)
+        probs = logits.float().softmax(dim=-1)
         conf, pred = probs.max(dim=-1)
         idx_l.append(np.asarray(indices))
         tgt_l.append(targets.numpy())
@@ -73,7 +72,7 @@ def predict_loader(
         conf_l.append(conf.cpu().numpy())
         if num_classes <= keep_scores_up_to:
             score_l.append(probs.cpu().numpy())
-    core.train(was_training)
+    restore()
 
     def cat(parts, dtype, shape=(0,)):
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)

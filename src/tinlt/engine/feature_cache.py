@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..models.base import SplitFeatures
 from ..models.tin import TIN, ImageEmbedding
 from .cache_entries import default_cache_dir, resolve_cache_dir, touch  # noqa: F401 (re-exported)
-from .evaluate import autocast_for
+from .device import autocast_for
 from .progress import echo, progress
 
 FORMAT_VERSION = 1
@@ -305,6 +305,7 @@ class FeatureStore:
         self._name = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)[:40] or "model"
         self._open: dict[int, FeatureDataset] = {}
         self.built: list[Path] = []  # entries this store computed (tests, logs)
+        self.build_seconds: list[float] = []  # wall time of each build (benchmarks)
 
     # -- keys and entries ----------------------------------------------------------
     def key(self, samples) -> dict:
@@ -402,6 +403,7 @@ class FeatureStore:
         except OSError:  # another process finished the same entry first
             shutil.rmtree(tmp, ignore_errors=True)
         self.built.append(entry)
+        self.build_seconds.append(time.time() - start)
         size = sum(f.stat().st_size for f in entry.glob("*.npy")) / 2**20
         echo(f"feature cache: {desc}: {n} images in {time.time() - start:.1f}s, {size:.1f} MiB -> {entry}")
 

@@ -1,4 +1,12 @@
-"""Using a trained (or zero-shot) model: rebuild it from a checkpoint, evaluate, predict.
+"""The one path from a checkpoint (or run folder) and a split to scores and metrics.
+
+Owns :func:`load_model` (a checkpoint -> model with the run's evaluation-time adjustments,
+config overrides applied), :func:`resolve_split` (which split of a config to score),
+:func:`evaluate` (a model or a scoring backend over a split -> metrics with per-image
+predictions, and metrics at a decision threshold), and the two commands built from them:
+``tinlt eval`` (:func:`evaluate_checkpoint`) and ``tinlt zeroshot`` (:func:`zeroshot`).
+The trainer's per-epoch evaluation, calibration, export's accuracy check, prediction and
+the sweep's evaluation-only cells all go through these.
 
 Evaluation needs no training images: class counts and shot groups travel inside the
 checkpoint, so ``tinlt eval`` on a new test set still reports many/medium/few.
@@ -6,112 +14,170 @@ checkpoint, so ``tinlt eval`` on a new test set still reports many/medium/few.
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..config import from_dict, to_yaml
+from ..config import from_dict
+from ..data.bundle import DataBundle
 from ..errors import TinltError
+from ..metrics import ThresholdRule, confusion_matrix, threshold_rule
+from ..models.adjust import apply_eval_adjustments
 from . import checkpoint as ckpt_io
+from .device import resolve_device
 from .distributed import DistInfo
+from .evaluate import Predictions, metrics_from_predictions, predict_loader
+from .loaders import eval_loader, make_transforms
 from .progress import echo
-from .trainer import DataBundle, _summary, evaluate_samples, make_transforms, resolve_device, write_metrics
+from .run_folder import RunFolder, resolve_checkpoint
+
+OVERRIDE_PREFIXES = ("data.", "train.")  # what may change when scoring a trained model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", adjust: bool = True):
-    """(model, config, checkpoint dict) from a tinlt checkpoint; no pretrained files needed.
+def apply_overrides(cfg, overrides: Sequence[str], *, where: str = "overrides"):
+    """``cfg`` with ``data.*`` / ``train.*`` ``key=value`` overrides (the model is fixed by the checkpoint)."""
+    if not overrides:
+        return cfg
+    bad = [o for o in overrides if not o.startswith(OVERRIDE_PREFIXES) or "=" not in o]
+    if bad:
+        raise TinltError(f"{where}: only data.* / train.* key=value overrides apply to a trained model, got '{bad[0]}'")
+    return from_dict(OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))))
 
-    ``adjust``: build the run's evaluation-time adjustments into the model, as every
-    deployment path (predict, export, calibrate) must score like ``tinlt eval``:
-    ``train.tau_norm`` rewrites the linear head in place, ``train.posthoc_tau`` becomes a
-    fixed logit offset (``TIN.set_logit_offset``).
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = ()):
+    """(model, config, checkpoint dict) from a tinlt checkpoint file; no pretrained files needed.
+
+    The model is in eval mode with the run's evaluation-time adjustments set
+    (``train.tau_norm``, ``train.posthoc_tau``; models/adjust.py), after ``overrides``.
     """
     from ..models.factory import create_model
-    from ..two_stage import bake_eval_adjustments
 
     ckpt = ckpt_io.load_checkpoint(path)
-    cfg = from_dict(ckpt["config"])
+    cfg = apply_overrides(from_dict(ckpt["config"]), overrides)
     build_cfg = OmegaConf.merge(
         cfg.model, {"pretrained": "", "pretrained_image": False, "pretrained_text": False}
     )  # the state dict below overwrites every weight anyway
     model = create_model(build_cfg, ckpt["classnames"], image_size=cfg.data.image_size)
     model.load_state_dict(ckpt["model"])
-    if adjust:
-        bake_eval_adjustments(model, cfg, np.asarray(ckpt["train_counts"]))
+    apply_eval_adjustments(model, cfg.train, np.asarray(ckpt["train_counts"]))
     model.to(device).eval()
     return model, cfg, ckpt
 
 
-def _bundle_from_checkpoint(ckpt: dict, test) -> DataBundle:
-    groups = {k: np.asarray(v, dtype=np.int64) for k, v in ckpt["groups"].items()}
-    return DataBundle(
-        train=None,
-        evaluation=test,
-        test=test,
-        eval_name="test",
-        classnames=list(ckpt["classnames"]),
-        train_counts=np.asarray(ckpt["train_counts"]),
-        groups=groups,
-    )
+def rule_of(ckpt: dict) -> Optional[ThresholdRule]:
+    """The calibrated decision rule stored in a checkpoint, or None (argmax)."""
+    return threshold_rule(ckpt.get("threshold"), ckpt.get("threshold_info"), ckpt["classnames"])
+
+
+def resolve_split(cfg, split: Optional[str] = None, *, classnames: Optional[Sequence[str]] = None):
+    """(samples, name) of ``data.<split>``, or with ``split=None`` the test split, else val.
+
+    TinltError when the config has no such split, or (``classnames`` given) when its classes
+    differ from the model's.
+    """
+    from ..data.build import build_split
+
+    names = (split,) if split else ("test", "val")
+    for name in names:
+        node = getattr(cfg.data, name)
+        if str(node.kind or ""):
+            samples = build_split(node, where=f"data.{name}")
+            if classnames is not None and list(samples.classnames) != list(classnames):
+                raise TinltError(
+                    f"data.{name}: classes {list(samples.classnames)[:5]} differ from the model's {list(classnames)[:5]}"
+                )
+            return samples, name
+    keys = " / ".join(f"data.{n}" for n in names)
+    raise TinltError(f"no {keys} split in the config; give one (data.{names[0]}.kind=... data.{names[0]}.path=...)")
+
+
+def predict_split(model: Any, samples, cfg, num_classes: int, *, device: torch.device = torch.device("cpu"),
+                  dist_info: DistInfo = DistInfo(), desc: str = "eval", features=None, transform=None,
+                  loader=None, quiet: bool = False) -> Predictions:
+    """``Predictions`` (confusion, per-image predictions and, for few classes, probabilities) of
+    ``model`` (a TIN, or a backend with ``logits(images)``) on ``samples``. ``transform``
+    defaults to the model's eval transform; a ready ``loader`` replaces ``samples``."""
+    if loader is None:
+        transform = transform if transform is not None else make_transforms(model, cfg)[1]
+        loader = eval_loader(samples, transform, cfg, dist_info, device, features=features)
+    return predict_loader(model, loader, num_classes=num_classes, device=device, amp=cfg.train.amp, desc=desc,
+                          quiet=quiet)
+
+
+def evaluate(model: Any, samples, cfg, data: DataBundle, *, rule: Optional[ThresholdRule] = None,
+             per_image: bool = True, **kwargs) -> dict:
+    """Metrics of ``model`` on ``samples`` (``predict_split``'s arguments in ``kwargs``), with
+    per-image predictions (``per_image``); with a two-class ``rule`` also ``at_threshold``:
+    the same metrics for the thresholded decisions."""
+    pred = predict_split(model, samples, cfg, len(data.classnames), **kwargs)
+    m = metrics_from_predictions(pred, groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
+    if not per_image:
+        return m
+    m["predictions"] = {
+        "index": pred.indices.tolist(),
+        "target": pred.targets.tolist(),
+        "pred": pred.preds.tolist(),
+        "confidence": [round(float(c), 5) for c in pred.confidence],
+    }
+    if pred.scores is not None:
+        m["predictions"]["scores"] = np.round(pred.scores, 6).tolist()
+    if rule is not None and pred.scores is not None:
+        decided = rule.decide(pred.scores)
+        confusion = confusion_matrix(pred.targets, decided, len(data.classnames))
+        at = metrics_from_predictions(dataclasses.replace(pred, confusion=confusion, preds=decided),
+                                      groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
+        m["at_threshold"] = {"threshold": rule.value, "rule": rule.describe(), **at}
+    return m
+
+
+def scores_line(m: dict) -> str:
+    """overall / many / medium / few / instance, as the console prints them."""
+    def f(v):
+        return "  -  " if v is None else f"{v:5.1f}"
+
+    return (f"overall {f(m['overall'])} | many {f(m['many'])} | medium {f(m['medium'])} | "
+            f"few {f(m['few'])} | instance {f(m['instance_acc'])}")
 
 
 def evaluate_checkpoint(
     path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None, quiet: bool = False
 ) -> dict:
-    """Evaluate a checkpoint on its test split (or one given by ``data.test.*`` overrides)."""
-    from ..data.build import build_split
-
-    model, cfg, ckpt = load_model(path, adjust=False)  # evaluate_samples applies train.tau_norm / posthoc_tau
-    if overrides:
-        bad = [o for o in overrides if not o.startswith(("data.", "train."))]
-        if bad:
-            raise TinltError(f"eval accepts only data.* / train.* overrides, got '{bad[0]}'")
-        cfg = from_dict(OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))))
+    """``tinlt eval``: a checkpoint (or run folder) on its test split, or one given by
+    ``data.test.*`` overrides; writes ``metrics.json`` into ``out_dir`` (default ``<run>/eval``)."""
+    path = resolve_checkpoint(path, log=lambda msg: echo(msg, quiet=quiet))
+    model, cfg, ckpt = load_model(path, overrides=overrides)
     device = resolve_device(cfg.train.device)
     model.to(device)
-    test = build_split(cfg.data.test) or build_split(cfg.data.val)
-    if test is None:
-        raise TinltError("nothing to evaluate: set data.test.kind / data.test.path")
-    if list(test.classnames) != list(ckpt["classnames"]):
-        raise TinltError(
-            f"test split has {test.num_classes} classes that differ from the checkpoint's {len(ckpt['classnames'])}"
-        )
-    data = _bundle_from_checkpoint(ckpt, test)
-    _, eval_tf = make_transforms(model, cfg)
-    from ..onnx_predict import threshold_rule
-
-    rule = threshold_rule(ckpt.get("threshold"), ckpt.get("threshold_info"), ckpt["classnames"])
-    metrics = evaluate_samples(model, test, eval_tf, cfg, DistInfo(), device, data, desc="eval", threshold_rule=rule)
-    out = Path(out_dir) if out_dir else Path(path).resolve().parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    write_metrics(out, metrics)
-    echo(f"eval: {_summary(metrics)} | metrics: {out / 'metrics.json'}", quiet=quiet)
+    test, _ = resolve_split(cfg, classnames=ckpt["classnames"])
+    data = DataBundle.from_counts(test, ckpt["classnames"], ckpt["train_counts"], ckpt["groups"])
+    metrics = evaluate(model, test, cfg, data, device=device, desc="eval", rule=rule_of(ckpt), quiet=quiet)
+    out = RunFolder(out_dir if out_dir else RunFolder(Path(path).resolve().parent).eval_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_metrics(metrics)
+    echo(f"eval: {scores_line(metrics)} | metrics: {out.metrics_path}", quiet=quiet)
     if "at_threshold" in metrics:
         at = metrics["at_threshold"]
-        echo(f"eval at the calibrated threshold ({at['rule']}): {_summary(at)}", quiet=quiet)
+        echo(f"eval at the calibrated threshold ({at['rule']}): {scores_line(at)}", quiet=quiet)
     return metrics
 
 
 def zeroshot(cfg, quiet: bool = False) -> dict:
     """Frozen towers, no training: classify the test split by prompts alone."""
-    from ..engine.trainer import build_data
+    from ..data.bundle import build_data
     from ..models.factory import create_model
 
     cfg = OmegaConf.merge(cfg, {"model": {"freeze_image": True, "freeze_text": True, "head": "text"}})
     device = resolve_device(cfg.train.device)
     data = build_data(cfg)
     model = create_model(cfg.model, data.classnames, image_size=cfg.data.image_size).to(device).eval()
-    _, eval_tf = make_transforms(model, cfg)
-    test = data.test if data.test is not None else data.evaluation
-    metrics = evaluate_samples(model, test, eval_tf, cfg, DistInfo(), device, data, desc="zero-shot")
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    write_metrics(out, metrics)
-    echo(f"zero-shot: {_summary(metrics)} | metrics: {out / 'metrics.json'}", quiet=quiet)
+    metrics = evaluate(model, data.final, cfg, data, device=device, desc="zero-shot", quiet=quiet)
+    out = RunFolder(cfg.train.output_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_config(cfg)
+    out.write_metrics(metrics)
+    echo(f"zero-shot: {scores_line(metrics)} | metrics: {out.metrics_path}", quiet=quiet)
     return metrics

@@ -1,29 +1,23 @@
 """Where training numbers go besides ``log.jsonl``: the ``RunLogger`` protocol and its loggers.
 
 The trainer talks to one :class:`RunLogger` on the main process: per-step scalars, the
-per-epoch record, and figures drawn from the run folder. :class:`NullLogger` does nothing;
-:class:`TensorBoardLogger` writes TensorBoard event files through torch's own
-``SummaryWriter`` (the ``tensorboard`` package is an optional dependency:
-``pip install tinlt[tensorboard]``). Figures are the report's own (:mod:`tinlt.report`).
+per-epoch record, and images. :class:`NullLogger` does nothing; :class:`TensorBoardLogger`
+writes TensorBoard event files through torch's own ``SummaryWriter`` (the ``tensorboard``
+package is an optional dependency: ``pip install tinlt[tensorboard]``). The engine draws
+no figures: the report's hook (:mod:`tinlt.report`) hands its figures to ``log_images``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import TinltError
-
-TENSORBOARD_DIR = "tensorboard"  # inside the run folder
-
-# figures that need only run.json + log.jsonl (drawn every epoch) and those that need metrics.json (at the end)
-EPOCH_FIGURES = ("grad_ratio.png", "eval_curves.png")
-FINAL_FIGURES = ("per_class_accuracy.png", "groups.png", "confusion.png", "pr_roc.png")
+from .run_folder import TENSORBOARD_DIR
 
 
 @runtime_checkable
@@ -32,7 +26,7 @@ class RunLogger(Protocol):
 
     def log_epoch(self, epoch: int, record: Mapping[str, Any]) -> None: ...
 
-    def log_figures(self, epoch: int, run_dir: str | Path) -> None: ...
+    def log_images(self, epoch: int, images: Mapping[str, np.ndarray]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -46,7 +40,7 @@ class NullLogger:
     def log_epoch(self, epoch: int, record: Mapping[str, Any]) -> None:
         pass
 
-    def log_figures(self, epoch: int, run_dir: str | Path) -> None:
+    def log_images(self, epoch: int, images: Mapping[str, np.ndarray]) -> None:
         pass
 
     def close(self) -> None:
@@ -68,14 +62,6 @@ def _scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _figure_to_rgb(fig) -> np.ndarray:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 class TensorBoardLogger:
     """TensorBoard event files in ``log_dir``: ``train/*`` per step, ``epoch/*`` and ``<split>/*`` per epoch,
     ``figures/*`` images.
@@ -94,7 +80,6 @@ class TensorBoardLogger:
         self.log_dir = Path(log_dir)
         self.step_every = max(1, int(step_every))
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        self._started = time.time()
 
     def log_step(self, step: int, scalars: Mapping[str, float]) -> None:
         if step != 1 and step % self.step_every:
@@ -109,26 +94,11 @@ class TensorBoardLogger:
             self.writer.add_scalar(k if "/" in k else f"epoch/{k}", v, epoch)
         self.writer.flush()  # a killed run keeps what it logged
 
-    def log_figures(self, epoch: int, run_dir: str | Path) -> None:
-        """The report's figures for the run folder as it is now; never raises (figures are a bonus)."""
-        from ..report import load_run, run_figures, training_run
-
-        run_dir = Path(run_dir)
-        metrics = run_dir / "metrics.json"
-        try:
-            if metrics.is_file() and metrics.stat().st_mtime >= self._started:
-                rf, only = load_run(run_dir), EPOCH_FIGURES + FINAL_FIGURES
-            else:  # mid-training: no fresh metrics.json yet
-                rf, only = training_run(run_dir), EPOCH_FIGURES
-            if rf is None:
-                return
-            for name, fig in run_figures(rf, notes=[], only=only).items():
-                self.writer.add_image(f"figures/{Path(name).stem}", _figure_to_rgb(fig), epoch, dataformats="HWC")
-            self.writer.flush()
-        except Exception as e:  # noqa: BLE001 - a figure must never stop training
-            from .progress import echo
-
-            echo(f"tensorboard: figures skipped ({type(e).__name__}: {e})")
+    def log_images(self, epoch: int, images: Mapping[str, np.ndarray]) -> None:
+        """(H, W, 3) uint8 images, e.g. the report's figures, under ``figures/<name>``."""
+        for name, rgb in images.items():
+            self.writer.add_image(f"figures/{name}", rgb, epoch, dataformats="HWC")
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -6,6 +6,7 @@ not ask for quiet; logs and pipes get the one-line summaries instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Iterable, Optional
@@ -18,6 +19,17 @@ _QUIET = False
 def set_quiet(quiet: bool) -> None:
     global _QUIET
     _QUIET = quiet
+
+
+@contextlib.contextmanager
+def quiet_while(quiet: bool):
+    """``set_quiet`` for one block (a training run); the previous setting comes back after it."""
+    before = _QUIET
+    set_quiet(quiet)
+    try:
+        yield
+    finally:
+        set_quiet(before)
 
 
 def _is_main() -> bool:

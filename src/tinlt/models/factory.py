@@ -11,7 +11,6 @@ from __future__ import annotations
 from torch import nn
 
 import dataclasses
-import difflib
 import importlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ModelConfig
-from ..errors import TinltError
+from ..errors import TinltError, did_you_mean
 from . import registry
 from .tin import TIN
 
@@ -56,10 +55,7 @@ def list_models() -> list[str]:
 
 
 def _unknown_model(name: str) -> TinltError:
-    names = list_models()
-    lower = {n.lower(): n for n in names}
-    close = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=4, cutoff=0.5)]
-    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, list_models(), n=4, quote="")
     note = f" (offline towers unavailable: {_offline_error})" if _offline_error else ""
     return TinltError(f"model.name = '{name}': unknown model{hint}{note} (list_models() shows all)")
 
@@ -91,8 +87,7 @@ def model_config(model_cfg: Any = None, **overrides: Any) -> DictConfig:
         keys = layer.keys() if isinstance(layer, (Mapping, DictConfig)) else []
         for key in keys:
             if key not in valid:
-                close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-                hint = f"; did you mean 'model.{close[0]}'?" if close else ""
+                hint = did_you_mean(f"model.{key}", [f"model.{v}" for v in valid])
                 raise TinltError(f"unknown config key 'model.{key}'{hint}")
     try:
         return OmegaConf.merge(base, *layers)

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import HEADS, check_choice
 from ..errors import TinltError
+from .adjust import tau_normalize_weight
 from .attention import GatedAttention
 from .base import ImageTower, SplitFeatures, TextTower
 from .text_buckets import plan_buckets, take
 
-HEADS = ("text", "linear")
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
 
 
@@ -84,8 +85,7 @@ class TIN(nn.Module):
             text_buckets: int = 4,
     ):
         super().__init__()
-        if head not in HEADS:
-            raise TinltError(f"model.head = {head!r}; expected one of: {', '.join(HEADS)}")
+        check_choice("model.head", head, HEADS)
         if head == "text" and text_tower is None:
             raise TinltError("model.head = 'text' needs a text tower")
         self.head_type = head
@@ -114,6 +114,7 @@ class TIN(nn.Module):
         self._trainable_by_design = {n for n, p in self.named_parameters() if p.requires_grad}
         self._frozen = {"image": False, "text": False}
         self._bn_stats_frozen = False
+        self._tau_norm: Optional[float] = None  # evaluation-time adjustment, see set_eval_adjustments
         self._token_names: list[str] = []
         self._token_keys: Optional[list[str]] = None  # None: tokens are one tensor
         self._tokens_version = 0
@@ -294,25 +295,39 @@ class TIN(nn.Module):
         return self.classify(image, text_features)
 
     def classify(self, image: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, D) L2-normalised image embeddings -> (B, num_classes) logits."""
+        """(B, D) L2-normalised image embeddings -> (B, num_classes) logits.
+
+        In eval mode the evaluation-time adjustments apply (``set_eval_adjustments``)."""
+        adjust = not self.training
         if self.head_type == "linear":
-            logits = self.head(image)
+            if adjust and self._tau_norm is not None:
+                logits = F.linear(image, tau_normalize_weight(self.head.weight, self._tau_norm))  # bias dropped
+            else:
+                logits = self.head(image)
         else:
             text = text_features if text_features is not None else self.class_text_features()
             text = F.normalize(text, dim=-1).to(image.dtype)
             logits = self.scale().to(image.dtype) * image @ text.t()
         offset = self._buffers.get("logit_offset")
-        return logits if offset is None else logits + offset.to(logits.dtype)
+        return logits.float() + offset if (adjust and offset is not None) else logits
 
-    def set_logit_offset(self, offset: Optional[torch.Tensor]) -> None:
-        """Add a fixed (num_classes,) offset to every logit, e.g. post-hoc logit adjustment
-        for a deployed model (None removes it). Not saved in the state dict: deployment
-        paths derive it from the run's config (tinlt.engine.inference.load_model)."""
-        if offset is not None and tuple(offset.shape) != (self.num_classes,):
-            raise TinltError(f"logit offset: expected shape ({self.num_classes},), got {tuple(offset.shape)}")
+    def set_eval_adjustments(self, *, tau_norm: Optional[float] = None,
+                             logit_offset: Optional[torch.Tensor] = None) -> None:
+        """Evaluation-time adjustments (models/adjust.py), applied in eval mode only:
+        ``tau_norm`` tau-normalises the linear head's rows (bias dropped); ``logit_offset``
+        (num_classes,) is added to every logit (post-hoc logit adjustment). None removes
+        either. Not in the state dict: they come from the run's config."""
+        if tau_norm is not None and self.head_type != "linear":
+            raise TinltError(
+                "tau-norm needs model.head=linear: the text head's classifier rows are L2-normalised text "
+                "features already, so tau-normalisation would be the identity"
+            )
+        if logit_offset is not None and tuple(logit_offset.shape) != (self.num_classes,):
+            raise TinltError(f"logit offset: expected shape ({self.num_classes},), got {tuple(logit_offset.shape)}")
+        self._tau_norm = None if tau_norm is None else float(tau_norm)
         self._buffers.pop("logit_offset", None)
-        if offset is not None:
-            self.register_buffer("logit_offset", offset.detach().float().to(self._device()), persistent=False)
+        if logit_offset is not None:
+            self.register_buffer("logit_offset", logit_offset.detach().float().to(self._device()), persistent=False)
 
     # -- training setup ----------------------------------------------------------------
     def _towers(self) -> list[tuple[str, Optional[nn.Module]]]:

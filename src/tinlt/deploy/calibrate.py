@@ -16,17 +16,14 @@ tie, as in :func:`tinlt.metrics.compute_metrics`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import TinltError
-from .metrics import precision_recall_curve
+from ..errors import TinltError
+from ..metrics import precision_recall_curve
 
-CALIBRATION_JSON = "calibration.json"
-CALIBRATION_PNG = "calibration_pr.png"
 MAX_CURVE_POINTS = 2000  # stored in calibration.json; thinned beyond this
 
 
@@ -123,42 +120,32 @@ def calibrate_checkpoint(
     overrides: Sequence[str] = (),
     quiet: bool = False,
 ) -> dict:
-    """Score ``split`` with the checkpoint, choose and store the threshold; returns calibration.json's dict."""
-    from .data.build import build_split
-    from .engine.checkpoint import save_atomic
-    from .engine.distributed import DistInfo
-    from .engine.evaluate import predict_loader
-    from .engine.inference import load_model
-    from .engine.progress import echo
-    from .engine.trainer import eval_loader, make_transforms, resolve_device
-    from .export import apply_data_overrides, checkpoint_file
+    """Score ``split`` with the checkpoint (or run folder), choose and store the threshold;
+    returns calibration.json's dict. The caller refreshes the run's report (the CLI does)."""
+    from ..engine.checkpoint import save_atomic
+    from ..engine.device import resolve_device
+    from ..engine.inference import load_model, predict_split, resolve_split
+    from ..engine.progress import echo
+    from ..engine.run_folder import CALIBRATION, CALIBRATION_PLOT, RunFolder, resolve_checkpoint
 
     if split not in ("val", "test"):
         raise TinltError(f"--split {split!r}; expected 'val' or 'test'")
     if not 0.0 < float(target_recall) <= 1.0:
         raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
-    path = checkpoint_file(checkpoint)
-    model, cfg, ckpt = load_model(path)
+    path = resolve_checkpoint(checkpoint, log=lambda msg: echo(msg, quiet=quiet))
+    model, cfg, ckpt = load_model(path, overrides=overrides)
     classnames = list(ckpt["classnames"])
     if len(classnames) != 2:
-        raise TinltError(
-            f"{path}: calibrate needs a two-class model; this one has {len(classnames)} classes"
-        )
-    cfg = apply_data_overrides(cfg, overrides)
-    node = getattr(cfg.data, split)
-    if not str(node.kind or ""):
+        raise TinltError(f"{path}: calibrate needs a two-class model; this one has {len(classnames)} classes")
+    if not str(getattr(cfg.data, split).kind or ""):
         raise TinltError(
             f"{path}: the run's config has no data.{split} split; give one (data.{split}.kind=... "
             f"data.{split}.path=...) or use --split {'test' if split == 'val' else 'val'}"
         )
-    samples = build_split(node, where=f"data.{split}")
-    if list(samples.classnames) != classnames:
-        raise TinltError(f"data.{split}: classes {list(samples.classnames)} differ from the checkpoint's {classnames}")
+    samples, _ = resolve_split(cfg, split, classnames=classnames)
     device = resolve_device(cfg.train.device)
     model.to(device)
-    _, eval_tf = make_transforms(model, cfg)
-    loader = eval_loader(samples, eval_tf, cfg, DistInfo(), device)
-    pred = predict_loader(model, loader, num_classes=2, device=device, amp=cfg.train.amp, desc="calibrate", quiet=quiet)
+    pred = predict_split(model, samples, cfg, 2, device=device, desc="calibrate", quiet=quiet)
     pos = positive_class(ckpt["train_counts"])
     is_pos = pred.targets == pos
     choice = choose_threshold(pred.scores[:, pos], is_pos, target_recall)
@@ -181,9 +168,9 @@ def calibrate_checkpoint(
     ckpt["threshold_info"] = info
     save_atomic(ckpt, path)
 
-    run = path.resolve().parent
+    run = RunFolder(path.resolve().parent)
     png = plot_pr(choice["curve"], choice, (argmax_r, argmax_p), float(target_recall), classnames[pos],
-                  run / CALIBRATION_PNG)
+                  run / CALIBRATION_PLOT)
     precision, recall, thresholds = choice["curve"]
     keep = _thin(len(thresholds), MAX_CURVE_POINTS)
     report = {
@@ -198,20 +185,11 @@ def calibrate_checkpoint(
             "thresholds": [float(t) for t in thresholds[keep]],
         },
     }
-    tmp = run / f".{CALIBRATION_JSON}.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(run / CALIBRATION_JSON)
+    run.write_json(CALIBRATION, report)
     echo(
         f"calibrate: threshold {choice['threshold']:.6g} on P({classnames[pos]}) -> recall {choice['recall']:.4f}, "
         f"precision {choice['precision']:.4f} on {len(is_pos)} {split} images (target recall {target_recall:g}; "
-        f"argmax: recall {argmax_r:.4f}, precision {argmax_p:.4f}) | stored in {path}; {run / CALIBRATION_JSON}",
+        f"argmax: recall {argmax_r:.4f}, precision {argmax_p:.4f}) | stored in {path}; {run / CALIBRATION}",
         quiet=quiet,
     )
-    if (run / "report").is_dir() and (run / "metrics.json").is_file():  # its PR figure marks the new point
-        from .report import build_report
-
-        try:
-            build_report(run)
-        except TinltError as e:
-            echo(f"calibrate: report not refreshed ({e})", quiet=quiet)
     return report

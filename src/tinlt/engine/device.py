@@ -1,0 +1,42 @@
+"""Where and how the engine computes: device choice, autocast, memory format, compiled forwards."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..errors import TinltError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TinltError(f"config key 'train.device' = {name!r} but no CUDA device is available")
+    return dev
+
+
+def autocast_for(device: torch.device, amp: str):
+    """bf16 autocast on CUDA by default, nothing on CPU (fp32 there is both exact and fastest)."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def is_convolutional(tower: torch.nn.Module) -> bool:
+    """A CNN tower (channels-last helps its convolutions); a ViT's one patch-embedding conv does not count."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in tower.modules()) > 1
+
+
+def compiled_forward(model, images):
+    """The compiled forward, with a compiler failure as one line instead of dynamo's traceback."""
+    try:
+        return model(images)
+    except torch._dynamo.exc.TorchDynamoException as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TinltError(f"train.compile: torch.compile failed ({type(e).__name__}: {first}); "
+                         "set train.compile=false to train without it") from None

@@ -1,0 +1,85 @@
+"""Transforms and data loaders: what turns a split into batches for training or evaluation.
+
+The training loader reads its order from ``EpochOrder`` (sampling.py), re-read at every
+``iter()``, so one loader with persistent workers serves every epoch and a resumed run
+starts mid-epoch. Evaluation loaders shard without padding (``Shard``) and, when a
+``FeatureStore`` is given, read the image tower's outputs from disk instead of images.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from .distributed import DistInfo
+from .sampling import EpochOrder, SeededDataset, Shard
+
+
+def make_transforms(model, cfg: DictConfig):
+    """(train, eval) transforms for ``model``'s image tower at ``data.image_size``."""
+    from ..data.transforms import build_transforms
+
+    tower = model.image_tower
+    size = cfg.data.image_size
+    train_tf = build_transforms(size, tower.image_mean, tower.image_std, train=True, augment=cfg.data.augment)
+    eval_tf = build_transforms(size, tower.image_mean, tower.image_std, train=False, augment="none")
+    return train_tf, eval_tf
+
+
+def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo = DistInfo(),
+                device: torch.device = torch.device("cpu"), features=None) -> DataLoader:
+    """``features``: a FeatureStore (engine/feature_cache.py) to read the image tower's outputs from."""
+    from ..data.dataset import ImageDataset
+
+    ds = features.dataset(samples, desc="eval") if features is not None else ImageDataset(samples, transform)
+    return DataLoader(
+        ds,
+        batch_size=cfg.train.eval_batch_size,
+        sampler=Shard(len(ds), dist_info.rank, dist_info.world_size),
+        num_workers=0 if features is not None else cfg.data.num_workers,
+        collate_fn=getattr(ds, "collate_fn", None),
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
+    )
+
+
+def epoch_order(train_samples, cfg: DictConfig, dist_info: DistInfo) -> EpochOrder:
+    """The training sample order: instance sampling shuffles inside EpochOrder, whose global
+    order is the same for any number of processes; re-balancing samplers shard their own."""
+    from ..data.samplers import build_sampler
+
+    base = None if cfg.data.sampler == "instance" else build_sampler(
+        cfg.data.sampler, train_samples.labels, seed=cfg.train.seed, rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    return EpochOrder(len(train_samples), seed=cfg.train.seed, base=base, rank=dist_info.rank,
+                      world_size=dist_info.world_size)
+
+
+def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.device,
+                 num_workers: Optional[int] = None) -> DataLoader:
+    """Built once: persistent workers survive epochs; ``order.set_epoch`` still takes effect."""
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        sampler=order,
+        num_workers=workers,
+        collate_fn=getattr(dataset, "collate_fn", None),
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # leave the global RNG alone
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def train_dataset(train_samples, transform) -> SeededDataset:
+    """Training images with a per-sample augmentation seed (exact resume, any worker count)."""
+    from ..data.dataset import ImageDataset
+
+    return SeededDataset(ImageDataset(train_samples, transform))

@@ -1,0 +1,69 @@
+"""Optimisation: the learning rate after batch-size scaling, optimizer parameter groups,
+the warm-up + cosine schedule, and the fp16 loss-scale back-off."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+from ..errors import TinltError
+
+
+def effective_lr(optim_cfg, global_batch: int) -> float:
+    """The base lr after the explicit batch-size scaling rule (``optim.lr_scaling``)."""
+    ratio = global_batch / optim_cfg.lr_base_batch
+    if optim_cfg.lr_scaling == "linear":
+        return optim_cfg.lr * ratio
+    if optim_cfg.lr_scaling == "sqrt":
+        return optim_cfg.lr * math.sqrt(ratio)
+    return optim_cfg.lr
+
+
+def build_optimizer(model, cfg: DictConfig, global_batch: Optional[int] = None) -> torch.optim.Optimizer:
+    """SGD or AdamW over the model's trainable parameter groups ("image", "text", "new"),
+    each with its lr multiplier; norms, biases, gates and the logit scale get no weight decay."""
+    o = cfg.optim
+    base_lr = effective_lr(o, global_batch or o.batch_size * o.accum_steps)
+    mult = {"image": 1.0, "text": o.lr_text_mult, "new": o.lr_new_mult}
+    groups = []
+    for name, params in model.param_groups().items():
+        params = [p for p in params if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": base_lr * mult[name], "weight_decay": wd, "name": name})
+    if not groups:
+        raise TinltError("nothing to train: both towers are frozen and the model has no new parameters")
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=base_lr, momentum=o.momentum)
+    return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(o.betas))
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str):
+    """The lr factor at each optimizer step: linear warm-up, then cosine decay (or constant)."""
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int):
+    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    factor = warmup_cosine(steps_per_epoch * cfg.optim.epochs, warmup_steps, cfg.optim.schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def back_off(scaler: "torch.amp.GradScaler", loss: torch.Tensor) -> None:
+    """A non-finite fp16 loss skips its step; lower the loss scale as GradScaler does when
+    the gradients overflow, or every later batch would overflow the same way."""
+    scaler.scale(loss)  # initialises the scale on a first-batch overflow
+    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())

@@ -1,0 +1,249 @@
+"""The run folder: its file names, every read and write of them, and the rules about reuse.
+
+A run folder holds ``config.yaml`` (the resolved config), ``run.json`` (command, seed,
+versions, data summary), ``log.jsonl`` (one record per epoch), ``last.pt`` / ``best.pt``
+and ``metrics.json`` (the final test metrics), so any number in a table can be traced back
+to the command that made it. This module is the only one that spells those names; every
+file is written whole or not at all (:mod:`tinlt.fileio`).
+
+Rules owned here:
+
+* which checkpoint a run folder means: ``best.pt``, else ``last.pt``
+  (:func:`resolve_checkpoint`, used by every command that takes a checkpoint);
+* which config a ``tinlt train --resume`` uses (:func:`config_for_train`);
+* when a finished run may be reused instead of retrained (:meth:`RunFolder.state`, used by
+  ``tinlt demo`` and ``tinlt sweep``): same resolved config, ignoring keys that cannot
+  change results and keys the schema gained since, at their defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+from .. import __version__, fileio
+from ..errors import TinltError
+
+CONFIG = "config.yaml"
+RUN_INFO = "run.json"
+LOG = "log.jsonl"
+METRICS = "metrics.json"
+LAST = "last.pt"
+BEST = "best.pt"
+EVAL_DIR = "eval"  # what `tinlt eval` writes, inside the run folder
+REPORT_DIR = "report"
+TENSORBOARD_DIR = "tensorboard"
+CALIBRATION = "calibration.json"
+CALIBRATION_PLOT = "calibration_pr.png"
+
+RESULT_FILES = (LAST, BEST, LOG, METRICS)  # what a new run must not mix with
+IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
+
+
+def made_by(metrics: dict) -> str:
+    """Which release made a finished run (its metrics.json), for the line that says it is reused."""
+    version = metrics.get("tinlt_version")
+    if version is None:
+        return "made before runs recorded their tinlt version; --fresh retrains"
+    if version != __version__:
+        return f"made by tinlt {version}, this is {__version__}; --fresh retrains"
+    return f"tinlt {version}"
+
+
+def _align(old: dict, new: dict, default: dict) -> tuple[dict, dict]:
+    """Drop keys the schema gained since ``old`` was saved (while at their default) or lost since."""
+    a, b = {}, {}
+    for k in set(old) | set(new):
+        if k not in new:
+            continue
+        if k not in old:
+            if new[k] == default.get(k):
+                continue
+            b[k] = new[k]
+            continue
+        if isinstance(old[k], dict) and isinstance(new[k], dict):
+            a[k], b[k] = _align(old[k], new[k], default.get(k) or {})
+        else:
+            a[k], b[k] = old[k], new[k]
+    return a, b
+
+
+class RunFolder:
+    """One run's folder (it need not exist yet)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL_DIR
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    def checkpoint(self) -> Optional[Path]:
+        """best.pt, else last.pt, else None."""
+        for p in (self.best, self.last):
+            if p.is_file():
+                return p
+        return None
+
+    def resume_checkpoint(self) -> Optional[Path]:
+        return self.last if self.last.is_file() else None
+
+    # -- writes ------------------------------------------------------------------------
+    def write_config(self, cfg) -> Path:
+        from ..config import to_yaml
+
+        return fileio.write_text(self.config_path, to_yaml(cfg))
+
+    def write_run_info(self, info: dict) -> Path:
+        return fileio.write_json(self.path / RUN_INFO, info)
+
+    def write_metrics(self, metrics: dict) -> Path:
+        """``metrics.json``, stamped with the release that made it (a reused run names it)."""
+        metrics["tinlt_version"] = __version__
+        return fileio.write_json(self.metrics_path, metrics)
+
+    def append_log(self, record: dict) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def rewrite_log(self, records: Sequence[dict]) -> None:
+        """The log holds what the checkpoint holds: a resumed run drops a killed run's lost records."""
+        fileio.write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return fileio.write_json(self.path / name, obj)
+
+    def clear(self, extra: Sequence[str] = ()) -> None:
+        """Remove a run's results so that a new run cannot mix with them (the folder stays)."""
+        for name in (*RESULT_FILES, *extra):
+            (self.path / name).unlink(missing_ok=True)
+
+    # -- reads -------------------------------------------------------------------------
+    def read_json(self, name: str) -> Any:
+        return fileio.read_json(self.path / name)
+
+    def read_metrics(self) -> Optional[dict]:
+        m = fileio.read_json(self.metrics_path)
+        return m if isinstance(m, dict) else None
+
+    def read_run_info(self) -> Optional[dict]:
+        info = fileio.read_json(self.path / RUN_INFO)
+        return info if isinstance(info, dict) else None
+
+    def read_log(self) -> list[dict]:
+        """log.jsonl's records; unreadable lines are skipped."""
+        out = []
+        try:
+            lines = self.log_path.read_text().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def saved_config(self) -> Optional[dict]:
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # -- reuse ---------------------------------------------------------------------------
+    def same_config(self, cfg) -> bool:
+        """Whether the folder's config.yaml describes the same run as ``cfg`` (see the module doc)."""
+        from omegaconf import OmegaConf
+
+        from ..config import Config, to_dict
+
+        old = self.saved_config()
+        if old is None:
+            return False
+        new = json.loads(json.dumps(to_dict(cfg)))
+        old = json.loads(json.dumps(old))
+        for d in (old, new):
+            for section, key in IGNORED_FOR_REUSE:
+                d.get(section, {}).pop(key, None)
+        old, new = _align(old, new, to_dict(OmegaConf.structured(Config)))
+        return old == new
+
+    def state(self, cfg, *, fresh: bool = False) -> str:
+        """'done' (finished with this config: reuse), 'resume' (a last.pt for it) or 'run'."""
+        if fresh or not self.same_config(cfg):
+            return "run"
+        if self.metrics_path.is_file():
+            return "done"
+        return "resume" if self.last.is_file() else "run"
+
+
+def resolve_checkpoint(run_or_file: str | os.PathLike, *, key: str = "--checkpoint",
+                       log: Optional[Callable[[str], None]] = None) -> Path:
+    """A checkpoint file, or a run folder's best.pt (else last.pt); ``log`` hears which file a folder meant."""
+    p = Path(run_or_file)
+    if p.is_dir():
+        found = RunFolder(p).checkpoint()
+        if found is None:
+            raise TinltError(f"{key}: {p} is a folder without {BEST} or {LAST}")
+        if log is not None:
+            log(f"{key}: using {found}")
+        return found
+    if not p.is_file():
+        raise TinltError(f"{key}: checkpoint not found: {p}")
+    return p
+
+
+def config_for_train(config: Optional[str], overrides: Sequence[str], resume: Optional[str]):
+    """The config ``tinlt train`` runs: ``--config`` + overrides, or, when resuming, the run
+    folder's own config.yaml + overrides (the resolved config is the run)."""
+    from ..config import load_config
+
+    if resume and resume != "auto":
+        ckpt = Path(resume)
+        if not ckpt.is_file():
+            raise TinltError(f"--resume: checkpoint not found: {resume}")
+        saved = ckpt.parent / CONFIG
+        return load_config(saved if saved.is_file() else config, overrides)
+    cfg = load_config(config, overrides)  # no --config: schema defaults + overrides
+    saved = Path(cfg.train.output_dir) / CONFIG
+    if resume == "auto" and saved.is_file():
+        cfg = load_config(saved, overrides)
+    return cfg
