@@ -1,8 +1,10 @@
 """Decision-threshold calibration: the rule on hand-built scores, then end to end on a tiny
-two-class model (calibrate -> checkpoint, calibration.json, PNG -> predict and export apply it)."""
+two-class model (calibrate -> eval/calibrated.pt, calibration.json, PNG, the training
+checkpoint untouched -> predict, eval and export apply it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -144,8 +146,11 @@ def _probs(model, paths) -> np.ndarray:
 
 def test_calibrate_end_to_end(binary, tmp_path, capsys):
     root, path, model = binary
-    assert main(["calibrate", "--checkpoint", str(path), "--target-recall", "0.8", "--quiet"]) == 0
-    ckpt = load_checkpoint(path)
+    before = path.read_bytes()
+    assert main(["calibrate", "--checkpoint", str(path.parent), "--target-recall", "0.8", "--quiet"]) == 0
+    assert path.read_bytes() == before  # the training run's checkpoint is never written
+    calibrated = path.parent / "eval" / "calibrated.pt"
+    ckpt = load_checkpoint(calibrated)
 
     # independent scores: the model on the val images through torchvision's eval transform
     val = sorted((root / "val").rglob("*.png"))
@@ -164,21 +169,22 @@ def test_calibrate_end_to_end(binary, tmp_path, capsys):
     assert info["recall"] >= 0.8
     assert info["precision"] == pytest.approx((pred & y).sum() / pred.sum())
     assert info["num_samples"] == 12 and info["num_positive"] == 6
-    # the rest of the checkpoint is untouched
-    assert ckpt["classnames"] == CLASSES and ckpt["epoch"] == 1
+    # the calibrated checkpoint is the source's weights and metadata, without training state
+    assert ckpt["classnames"] == CLASSES and ckpt["epoch"] == 1 and "optimizer" not in ckpt
     assert all(torch.equal(ckpt["model"][k], v) for k, v in model.state_dict().items())
+    assert ckpt["source_checkpoint"]["sha256"] == hashlib.sha256(before).hexdigest()
 
-    report = json.loads((path.parent / "calibration.json").read_text())
+    report = json.loads((path.parent / "eval" / "calibration.json").read_text())
     assert report["threshold"] == ckpt["threshold"]
     assert report["recall"] == info["recall"] and report["split"] == "val"
-    with Image.open(path.parent / "calibration_pr.png") as im:
+    with Image.open(path.parent / "eval" / "calibration_pr.png") as im:
         assert im.format == "PNG" and im.size[0] > 100
 
     # predict with the checkpoint applies the threshold, not argmax
     test_imgs = sorted((root / "test").rglob("*.png"))
     p_test = _probs(model, test_imgs)[:, 0]
     out_ckpt = tmp_path / "ckpt.json"
-    assert main(["predict", str(root / "test"), "--checkpoint", str(path), "--out", str(out_ckpt)]) == 0
+    assert main(["predict", str(root / "test"), "--checkpoint", str(calibrated), "--out", str(out_ckpt)]) == 0
     assert "decision threshold applied" in capsys.readouterr().out
     rows = json.loads(out_ckpt.read_text())
     want = ["a defect" if p >= ckpt["threshold"] else "b normal" for p in p_test]
@@ -206,7 +212,7 @@ def test_calibrate_end_to_end(binary, tmp_path, capsys):
 
     # export carries it into the metadata, and the ONNX path applies it the same way
     onnx_path = tmp_path / "m.onnx"
-    assert main(["export", "--checkpoint", str(path), "--out", str(onnx_path), "--quiet"]) == 0
+    assert main(["export", "--checkpoint", str(calibrated), "--out", str(onnx_path), "--quiet"]) == 0
     meta = read_metadata(onnx_path)
     assert meta["threshold"] == ckpt["threshold"]
     assert meta["threshold_info"]["positive_class"] == 0
@@ -238,6 +244,6 @@ def test_calibrate_errors(binary, tmp_path, capsys):
     # data.* overrides give the split on the command line; other keys are refused
     assert main(["calibrate", "--checkpoint", str(no_val), "--split", "test", "--quiet",
                  f"data.test.path={root / 'val'}"]) == 0
-    assert load_checkpoint(no_val)["threshold_info"]["split"] == "test"
+    assert load_checkpoint(no_val.parent / "eval" / "calibrated.pt")["threshold_info"]["split"] == "test"
     assert main(["calibrate", "--checkpoint", str(no_val), "optim.lr=1"]) == 2
     assert "only data.*" in capsys.readouterr().err

@@ -4,7 +4,8 @@
 ``tinlt calibrate`` on one trained run must agree with a computation written here from the
 model's parts: image embedding . class text features x logit scale, minus tau * log prior
 of the training counts (post-hoc adjustment), softmax. A run folder means its best.pt in
-every command, and each says which file it used.
+every command, and each says which file it used; a calibrated threshold lives in
+``<run>/eval/calibrated.pt`` and is applied by every path that is given that file.
 """
 
 from __future__ import annotations
@@ -105,13 +106,14 @@ def test_calibrate_threshold_is_applied_by_eval_and_predict(dataset, tmp_path):
     argv = ["train", *common_args(out), *split_args("folder", two), "model.head=linear", "loss.name=ce"]
     assert main(argv) == 0
     assert main(["calibrate", "--checkpoint", str(out), "--split", "test", "--target-recall", "1.0", "-q"]) == 0
-    cal = json.loads((out / "calibration.json").read_text())
+    cal = json.loads((out / "eval" / "calibration.json").read_text())
     thr, pos = cal["threshold"], cal["positive_class"]
+    calibrated = out / "eval" / "calibrated.pt"
     assert cal["positive_name"] == "green thing"  # 5 training images against 9: the rare class
 
     paths = sorted((two / "test").rglob("*.png"))
-    ckpt = torch.load(out / "best.pt", weights_only=False)
-    assert ckpt["threshold"] == thr
+    assert "threshold" not in torch.load(out / "best.pt", weights_only=True)  # the run's files stay as trained
+    assert torch.load(calibrated, weights_only=True)["threshold"] == thr
     from tinlt.engine.inference import load_model
     from tinlt.engine.loaders import make_transforms
 
@@ -123,7 +125,7 @@ def test_calibrate_threshold_is_applied_by_eval_and_predict(dataset, tmp_path):
     is_pos = np.array([p.parent.name == cal["positive_name"].replace(" ", "_") for p in paths])
     assert decided[is_pos].tolist() == [pos] * int(is_pos.sum())  # target recall 1.0 reached
 
-    assert main(["eval", "--checkpoint", str(out), "-q"]) == 0
+    assert main(["eval", "--checkpoint", str(calibrated), "-q"]) == 0
     m = json.loads((out / "eval" / "metrics.json").read_text())
     at = m["at_threshold"]
     assert at["threshold"] == thr
@@ -131,8 +133,8 @@ def test_calibrate_threshold_is_applied_by_eval_and_predict(dataset, tmp_path):
     expect_recall_pos = 100.0 * np.mean(decided[truth == pos] == pos)
     assert [r["accuracy"] for r in at["per_class"]][pos] == pytest.approx(expect_recall_pos)
 
-    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "b.onnx"), "-q"]) == 0
-    for flag, target in (("--checkpoint", str(out)), ("--model", str(tmp_path / "b.onnx"))):
+    assert main(["export", "--checkpoint", str(calibrated), "--out", str(tmp_path / "b.onnx"), "-q"]) == 0
+    for flag, target in (("--checkpoint", str(calibrated)), ("--model", str(tmp_path / "b.onnx"))):
         res = tmp_path / f"pred{flag}.json"
         assert main(["predict", str(two / "test"), flag, target, "--out", str(res)]) == 0
         rows = {Path(r["path"]): r for r in json.loads(res.read_text())}

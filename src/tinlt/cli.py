@@ -1,8 +1,11 @@
 """The ``tinlt`` command: parses arguments, builds a config, calls library functions.
 
 Every subcommand is a thin shell over a function that is equally usable from Python.
-User errors (``TinltError``) print as one line and exit with status 2; a run stopped by
-SIGINT/SIGTERM saves a resumable checkpoint and exits with 128 + the signal number.
+User errors print as one line and exit with status 2: ``TinltError`` (bad input, config,
+file) and ``OSError`` (what the operating system says about the user's files and disks:
+no space, permission, read-only, missing). Any other exception is a bug in tinlt and keeps
+its traceback. A run stopped by SIGINT/SIGTERM saves a resumable checkpoint and exits with
+128 + the signal number.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
+def add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints with full unpickling (files from tinlt < 0.2); only for files you trust")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -32,15 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train TIN (or a baseline) from a config")
     _add_config_args(p, required=False)
     p.add_argument("--resume", nargs="?", const="auto", default=None, help="resume from CKPT or the run's last.pt")
+    p.add_argument("--fresh", "--overwrite", action="store_true",
+                   help="replace the results of a run already in train.output_dir (refused without it)")
+    add_trust_arg(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint; writes metrics.json")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.test.path=other.txt")
     p.add_argument("--quiet", "-q", action="store_true")
+    add_trust_arg(p)
 
     p = sub.add_parser("zeroshot", help="classify by prompts with frozen towers, no training")
     _add_config_args(p)
+    p.add_argument("--out", default=None, help="output folder (default: <train.output_dir>/zeroshot)")
 
     p = sub.add_parser("predict", help="top-k classes for images or folders (checkpoint, or ONNX without torch)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -50,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="preds.csv or preds.json (default: table to the terminal)")
+    add_trust_arg(p)
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
@@ -88,7 +102,7 @@ def _cmd_train(a) -> int:
     cfg = config_for_train(a.config, a.overrides, a.resume)
     if a.quiet:
         cfg.train.quiet = True
-    train(cfg, resume=a.resume, command=sys.argv, hooks=training_hooks(cfg))
+    train(cfg, resume=a.resume, command=sys.argv, hooks=training_hooks(cfg), fresh=a.fresh)
     return 0
 
 
@@ -104,7 +118,7 @@ def _cmd_zeroshot(a) -> int:
     from .engine.inference import zeroshot
 
     cfg = load_config(a.config, a.overrides)
-    zeroshot(cfg, quiet=a.quiet)
+    zeroshot(cfg, out_dir=a.out, quiet=a.quiet)
     return 0
 
 
@@ -185,11 +199,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     tune_allocator()
     args = build_parser().parse_args(argv)
+    trust = getattr(args, "trust_checkpoint", False)
     try:
+        if trust:
+            from .engine.checkpoint import trust_pickled_checkpoints
+
+            trust_pickled_checkpoints(True)
         handler = COMMANDS.get(args.cmd) or PLUGIN_COMMANDS[args.cmd]
         return handler(args)
     except TinltError as e:
         print(f"tinlt: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the user's files and disks; a bug would be another exception type
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tinlt: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinlt: interrupted", file=sys.stderr)
@@ -197,6 +220,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Interrupted as e:
         print(f"tinlt: {e}; continue with: tinlt train --resume {e.path}", file=sys.stderr)
         return 128 + e.signum
+    finally:
+        if trust:  # for this command only
+            from .engine.checkpoint import trust_pickled_checkpoints
+
+            trust_pickled_checkpoints(False)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .data.validate import REPORT_JSON as DATA_REPORT
-from .engine.run_folder import CALIBRATION, CONFIG, LOG, METRICS, REPORT_DIR, RUN_INFO
+from .engine.run_folder import CALIBRATION, CONFIG, EVAL_DIR, LOG, METRICS, REPORT_DIR, RUN_INFO
 from .errors import TinltError
 
 GROUP_NAMES = ("many", "medium", "few")
@@ -558,8 +558,9 @@ def fig_eval_curves(rf: RunView, notes: list):
 
 def _calibration(rf: RunView) -> dict:
     """``tinlt calibrate``'s calibration.json in the run folder, or {}."""
-    for folder in {rf.path, rf.meta_dir} - {None}:
-        f = Path(folder) / CALIBRATION
+    folders = [Path(f) for f in (rf.path, rf.meta_dir) if f is not None]
+    for folder in dict.fromkeys(folders + [f / EVAL_DIR for f in folders]):  # tinlt calibrate writes into eval/
+        f = folder / CALIBRATION
         if f.is_file():
             try:
                 data = _read_json(f)

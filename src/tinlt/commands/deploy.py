@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import add_trust_arg
+
 
 def _target(value: str) -> float:
     try:
@@ -39,19 +41,22 @@ def register(subparsers) -> dict:
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| ONNX vs PyTorch (fp32)")
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.test.per_class_limit=200")
     p.add_argument("--quiet", "-q", action="store_true")
+    add_trust_arg(p)
 
     p = subparsers.add_parser(
         "calibrate",
         help="two-class checkpoints: pick the decision threshold that reaches a target recall",
         description="Picks the threshold on the rare class's probability that reaches --target-recall on the "
-        "chosen split with the best precision, stores it in the checkpoint (key 'threshold'), and writes "
-        "calibration.json and calibration_pr.png next to it. predict and export apply it.",
+        "chosen split with the best precision, and writes <run>/eval/calibrated.pt (the weights with the "
+        "threshold: predict, export and eval apply it), calibration.json and calibration_pr.png.",
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--target-recall", type=_target, default=0.95)
     p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.val.kind=list data.val.path=val.txt")
     p.add_argument("--quiet", "-q", action="store_true")
+    add_trust_arg(p)
     return {"export": _cmd_export, "calibrate": _cmd_calibrate}
 
 
@@ -79,7 +84,9 @@ def _cmd_calibrate(a) -> int:
     from ..deploy.calibrate import calibrate_checkpoint
     from ..report import refresh_report
 
+    from ..engine.run_folder import RunFolder
+
     info = calibrate_checkpoint(a.checkpoint, target_recall=a.target_recall, split=a.split, overrides=a.overrides,
-                                quiet=a.quiet)
-    refresh_report(Path(info["checkpoint"]).parent, quiet=a.quiet)  # its PR figure marks the new point
+                                quiet=a.quiet, out_dir=a.out)
+    refresh_report(RunFolder.of_checkpoint(info["checkpoint"]).path, quiet=a.quiet)  # its PR figure marks the point
     return 0

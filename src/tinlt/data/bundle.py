@@ -30,6 +30,11 @@ class DataBundle:
     skipped: list = field(default_factory=list)  # (item, reason) removed by the up-front data check
     check: Optional[object] = None  # tinlt.data.validate.DataCheck, when data.validate is on
 
+    def summary(self) -> dict:
+        """Classes, training counts and shot groups as plain lists (run.json, checkpoints)."""
+        return {"classnames": list(self.classnames), "train_counts": np.asarray(self.train_counts).tolist(),
+                "groups": {k: np.asarray(v).tolist() for k, v in self.groups.items()}}
+
     @property
     def final(self) -> Samples:
         """The split the final metrics are computed on: test, else the evaluation split."""

@@ -288,6 +288,27 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def _link_problem(path: str, walked: set, class_roots: dict, own: str, top: str) -> str:
+    """Why a sub-folder (possibly a symlink) must not be walked, or "" when it may."""
+    real = os.path.realpath(path)
+    if real in walked or any(os.path.commonpath([real, w]) == real for w in walked):
+        return f"symlink to {real}: a loop (it leads back to a folder already walked); not followed"
+    if real == os.path.realpath(top) or os.path.commonpath([real, os.path.realpath(top)]) == real:
+        return f"symlink to {real}: it contains the whole image folder; not followed"
+    other = _other_class(real, class_roots, own)
+    if other:
+        return f"symlink into class folder '{other}' ({real}): its images would take this class's label; not followed"
+    return ""
+
+
+def _other_class(real: str, class_roots: dict, own: str) -> str:
+    """The other class folder ``real`` lies in, or ""."""
+    for root, name in class_roots.items():
+        if name != own and os.path.commonpath([real, root]) == root:
+            return name
+    return ""
+
+
 def load_folder(root: PathLike, classnames: Optional[Union[PathLike, Sequence[str]]] = None) -> Samples:
     """One sub-folder per class (sorted by folder name), images found recursively.
 
@@ -296,6 +317,12 @@ def load_folder(root: PathLike, classnames: Optional[Union[PathLike, Sequence[st
     id or name, and classes without a folder are kept (empty). Without it the class name
     is the folder name with ``_`` turned into a space. Non-image files are listed in
     ``Samples.skipped``; hidden files and folders are ignored.
+
+    Symbolic links are followed, with three exceptions, each listed in ``Samples.skipped``
+    (the data report shows them): a link back to a folder already walked (a loop), a link to
+    the image folder itself or above it, and a link into another class's folder (its images
+    would silently take this class's label). A file reached twice (through a link) is listed
+    once, by its real path.
     """
     top = Path(root).expanduser()
     if not top.exists():
@@ -333,25 +360,39 @@ def load_folder(root: PathLike, classnames: Optional[Union[PathLike, Sequence[st
     items: list[str] = []
     labels: list[int] = []
     skipped: list[tuple[str, str]] = []
+    class_roots = {os.path.realpath(top / f): f for f in folders}
+    seen_files: dict[str, str] = {}  # real path -> the path it was first listed under
     for f in folders:
         label = folder_label[f]
-        seen: set[str] = set()
+        walked: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(top / f, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:  # a symlink loop
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            walked.add(os.path.realpath(dirpath))
+            keep = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                why = _link_problem(os.path.join(dirpath, d), walked, class_roots, f, str(top))
+                if why:
+                    skipped.append((os.path.join(dirpath, d), why))
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
                 full = os.path.join(dirpath, name)
-                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                    items.append(full)
-                    labels.append(label)
-                else:
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                     skipped.append((full, "not an image file extension"))
+                    continue
+                real = os.path.realpath(full)
+                other = _other_class(real, class_roots, f)
+                if other:
+                    skipped.append((full, f"link to {real} in class folder '{other}'; not listed under '{f}'"))
+                    continue
+                if real in seen_files:  # a link to an image already listed: one file, one label
+                    skipped.append((full, f"same file as {seen_files[real]} (a link); listed once"))
+                    continue
+                seen_files[real] = full
+                items.append(full)
+                labels.append(label)
     if not items:
         raise TinltError(f"{top}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)}) (empty split)")
     out = Samples(items, np.asarray(labels, dtype=np.int64), names, source=str(top))

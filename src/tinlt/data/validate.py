@@ -196,11 +196,11 @@ def validate_samples(
         )
 
     if not samples.in_memory:
-        first_label: dict[str, int] = {}  # normalised path -> label of its first listing
+        first_label: dict[str, int] = {}  # real path -> label of its first listing
         for i, item in enumerate(samples.items):
             if not keep[i]:
                 continue
-            key = os.path.normpath(str(item))
+            key = os.path.realpath(str(item))  # two names (a link) for one file are one sample
             if key not in first_label:
                 first_label[key] = int(labels[i])
                 continue
@@ -306,9 +306,9 @@ def validate_data(
             problems.append(Problem(key, key, msg, "error", "fatal"))
             fatal.append(msg)
         elif not train.samples.in_memory and not r.samples.in_memory:
-            seen = {os.path.normpath(str(p)) for p in train.samples.items}
+            seen = {os.path.realpath(str(p)) for p in train.samples.items}
             for item in r.samples.items:
-                if os.path.normpath(str(item)) in seen:
+                if os.path.realpath(str(item)) in seen:
                     problems.append(
                         Problem(key, str(item), f"also in {train_split} (train/eval overlap)", "warning", "kept")
                     )

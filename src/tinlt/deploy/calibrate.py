@@ -1,9 +1,11 @@
 """Decision threshold of a two-class model for a target recall of the rare class.
 
 Owns ``tinlt calibrate``: scores a split with the checkpoint, picks the threshold on the
-rare class's probability, and stores it in the checkpoint (keys ``threshold`` and
-``threshold_info``, written atomically), in ``<run>/calibration.json`` and as a PR-curve
-plot ``<run>/calibration_pr.png``. ``tinlt predict`` and ``tinlt export`` read it back.
+rare class's probability, and writes, into the run's ``eval/`` folder (or ``--out``), never
+over the training run's files: ``calibrated.pt`` (the checkpoint's weights with the
+threshold, keys ``threshold`` and ``threshold_info``: what ``tinlt predict``, ``export``,
+``eval`` and ``serve`` deploy), ``calibration.json`` and the PR-curve plot
+``calibration_pr.png``.
 
 The rule: among thresholds whose recall on the split is >= the target, take the highest
 (fewest false positives, so the best precision at that recall). Every threshold between
@@ -22,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import TinltError
+from ..fileio import sha256
 from ..metrics import precision_recall_curve
 
 MAX_CURVE_POINTS = 2000  # stored in calibration.json; thinned beyond this
@@ -119,20 +122,23 @@ def calibrate_checkpoint(
     split: str = "val",
     overrides: Sequence[str] = (),
     quiet: bool = False,
+    out_dir: str | Path | None = None,
 ) -> dict:
-    """Score ``split`` with the checkpoint (or run folder), choose and store the threshold;
-    returns calibration.json's dict. The caller refreshes the run's report (the CLI does)."""
+    """Score ``split`` with the checkpoint (or run folder), choose the threshold, write the
+    calibrated checkpoint; returns calibration.json's dict. The caller refreshes the run's
+    report (the CLI does)."""
     from ..engine.checkpoint import save_atomic
     from ..engine.device import resolve_device
-    from ..engine.inference import load_model, predict_split, resolve_split
+    from ..engine.inference import load_model, owned_output, predict_split, resolve_split
     from ..engine.progress import echo
-    from ..engine.run_folder import CALIBRATION, CALIBRATION_PLOT, RunFolder, resolve_checkpoint
+    from ..engine.run_folder import CALIBRATED, CALIBRATION, CALIBRATION_PLOT, DEPLOY_KEYS, RunFolder, resolve_checkpoint
 
     if split not in ("val", "test"):
         raise TinltError(f"--split {split!r}; expected 'val' or 'test'")
     if not 0.0 < float(target_recall) <= 1.0:
         raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
     path = resolve_checkpoint(checkpoint, log=lambda msg: echo(msg, quiet=quiet))
+    run = owned_output(out_dir, RunFolder.of_checkpoint(path).eval_dir, what="calibrate")
     model, cfg, ckpt = load_model(path, overrides=overrides)
     classnames = list(ckpt["classnames"])
     if len(classnames) != 2:
@@ -164,17 +170,18 @@ def calibrate_checkpoint(
         "next_score": choice["next_score"],
         "rule": f"predict '{classnames[pos]}' when P({classnames[pos]}) >= threshold",
     }
-    ckpt["threshold"] = float(choice["threshold"])
-    ckpt["threshold_info"] = info
-    save_atomic(ckpt, path)
-
-    run = RunFolder(path.resolve().parent)
+    deployable = {k: ckpt[k] for k in DEPLOY_KEYS if k in ckpt}
+    deployable.update(threshold=float(choice["threshold"]), threshold_info=info,
+                      source_checkpoint={"path": str(path.resolve()), "sha256": sha256(path)})
+    run.path.mkdir(parents=True, exist_ok=True)
+    calibrated = save_atomic(deployable, run / CALIBRATED)
     png = plot_pr(choice["curve"], choice, (argmax_r, argmax_p), float(target_recall), classnames[pos],
                   run / CALIBRATION_PLOT)
     precision, recall, thresholds = choice["curve"]
     keep = _thin(len(thresholds), MAX_CURVE_POINTS)
     report = {
         "checkpoint": str(path.resolve()),
+        "calibrated_checkpoint": str(calibrated.resolve()),
         "threshold": float(choice["threshold"]),
         **info,
         "argmax": {"recall": argmax_r, "precision": argmax_p},
@@ -189,7 +196,9 @@ def calibrate_checkpoint(
     echo(
         f"calibrate: threshold {choice['threshold']:.6g} on P({classnames[pos]}) -> recall {choice['recall']:.4f}, "
         f"precision {choice['precision']:.4f} on {len(is_pos)} {split} images (target recall {target_recall:g}; "
-        f"argmax: recall {argmax_r:.4f}, precision {argmax_p:.4f}) | stored in {path}; {run / CALIBRATION}",
+        f"argmax: recall {argmax_r:.4f}, precision {argmax_p:.4f}) | deploy {calibrated} "
+        f"(predict/export/eval --checkpoint it); {run / CALIBRATION}",
         quiet=quiet,
     )
     return report
+

@@ -16,7 +16,6 @@ Int8 quantisation (``--quantize int8``) is :mod:`tinlt.deploy.int8`'s.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -30,7 +29,7 @@ from torch import nn
 
 from ..engine.loaders import make_transforms
 from ..errors import TinltError
-from ..fileio import atomic_target
+from ..fileio import atomic_target, sha256
 from .int8 import INPUT_NAME, QUANT_METHODS, int8_path, quantize_int8
 from .types import Preprocess
 
@@ -60,14 +59,6 @@ class ExportWrapper(nn.Module):
 # ----------------------------------------------------------------------------- metadata
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_metadata(model: nn.Module, cfg: Any, ckpt: dict, checkpoint: str | Path) -> dict[str, Any]:
     """What a deployment needs besides the weights (values are JSON-serialisable)."""
     from .. import __version__
@@ -89,7 +80,7 @@ def build_metadata(model: nn.Module, cfg: Any, ckpt: dict, checkpoint: str | Pat
         "tinlt_version": __version__,
         "source_checkpoint": {
             "path": str(path),
-            "sha256": _sha256(path),
+            "sha256": sha256(path),
             "epoch": ckpt.get("epoch"),
             "global_step": ckpt.get("global_step"),
             "run_name": str(cfg.name),

@@ -33,7 +33,7 @@ from .distributed import DistInfo
 from .evaluate import Predictions, metrics_from_predictions, predict_loader
 from .loaders import eval_loader, make_transforms
 from .progress import echo
-from .run_folder import RunFolder, resolve_checkpoint
+from .run_folder import ZEROSHOT_DIR, RunFolder, resolve_checkpoint
 
 OVERRIDE_PREFIXES = ("data.", "train.")  # what may change when scoring a trained model
 
@@ -143,6 +143,13 @@ def scores_line(m: dict) -> str:
             f"few {f(m['few'])} | instance {f(m['instance_acc'])}")
 
 
+def epoch_line(record: dict, split: str, epochs: int) -> str:
+    """A training epoch's console line: loss, lr, time and the evaluation split's scores."""
+    line = (f"epoch {record['epoch']}/{epochs} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"{record['time_s']:.0f}s")
+    return line + (f" | {split}: " + scores_line(record[split]) if split in record else "")
+
+
 def evaluate_checkpoint(
     path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None, quiet: bool = False
 ) -> dict:
@@ -154,8 +161,8 @@ def evaluate_checkpoint(
     model.to(device)
     test, _ = resolve_split(cfg, classnames=ckpt["classnames"])
     data = DataBundle.from_counts(test, ckpt["classnames"], ckpt["train_counts"], ckpt["groups"])
+    out = owned_output(out_dir, RunFolder.of_checkpoint(path).eval_dir, what="eval")
     metrics = evaluate(model, test, cfg, data, device=device, desc="eval", rule=rule_of(ckpt), quiet=quiet)
-    out = RunFolder(out_dir if out_dir else RunFolder(Path(path).resolve().parent).eval_dir)
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_metrics(metrics)
     echo(f"eval: {scores_line(metrics)} | metrics: {out.metrics_path}", quiet=quiet)
@@ -165,17 +172,28 @@ def evaluate_checkpoint(
     return metrics
 
 
-def zeroshot(cfg, quiet: bool = False) -> dict:
-    """Frozen towers, no training: classify the test split by prompts alone."""
+def owned_output(out_dir, default: Path, *, what: str) -> RunFolder:
+    """Where a scoring command writes: ``out_dir`` or its default, never a training run's folder."""
+    out = RunFolder(out_dir if out_dir else default)
+    if out.is_training_run():
+        raise TinltError(f"{what}: {out.path} holds a training run ({', '.join(out.holds_results())}); "
+                         f"{what} writes beside it, not over it: give --out another folder")
+    return out
+
+
+def zeroshot(cfg, quiet: bool = False, out_dir: Optional[str | Path] = None) -> dict:
+    """Frozen towers, no training: classify the test split by prompts alone; results in
+    ``out_dir`` (default ``<train.output_dir>/zeroshot``), never over a trained run's files."""
     from ..data.bundle import build_data
     from ..models.factory import create_model
 
-    cfg = OmegaConf.merge(cfg, {"model": {"freeze_image": True, "freeze_text": True, "head": "text"}})
+    out = owned_output(out_dir, Path(cfg.train.output_dir) / ZEROSHOT_DIR, what="zeroshot")
+    cfg = OmegaConf.merge(cfg, {"model": {"freeze_image": True, "freeze_text": True, "head": "text"},
+                                "train": {"output_dir": str(out.path)}})
     device = resolve_device(cfg.train.device)
     data = build_data(cfg)
     model = create_model(cfg.model, data.classnames, image_size=cfg.data.image_size).to(device).eval()
     metrics = evaluate(model, data.final, cfg, data, device=device, desc="zero-shot", quiet=quiet)
-    out = RunFolder(cfg.train.output_dir)
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_config(cfg)
     out.write_metrics(metrics)

@@ -8,9 +8,14 @@ file is written whole or not at all (:mod:`tinlt.fileio`).
 
 Rules owned here:
 
+* one trainer per folder: :class:`RunLock` (``.lock``, an ``flock`` the kernel releases when
+  the holder dies, with the holder's PID, host and command for the message);
+* a new run never lands on an old one: ``tinlt train`` into a folder that holds a run's
+  results refuses unless told to resume or start afresh (:meth:`RunFolder.holds_results`);
 * which checkpoint a run folder means: ``best.pt``, else ``last.pt``
   (:func:`resolve_checkpoint`, used by every command that takes a checkpoint);
-* which config a ``tinlt train --resume`` uses (:func:`config_for_train`);
+* which config a ``tinlt train --resume`` uses, and that it writes where the folder is now
+  (:func:`config_for_train`);
 * when a finished run may be reused instead of retrained (:meth:`RunFolder.state`, used by
   ``tinlt demo`` and ``tinlt sweep``): same resolved config, ignoring keys that cannot
   change results and keys the schema gained since, at their defaults.
@@ -20,6 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,6 +47,10 @@ REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 CALIBRATION = "calibration.json"
 CALIBRATION_PLOT = "calibration_pr.png"
+CALIBRATED = "calibrated.pt"  # tinlt calibrate's deployable checkpoint, in EVAL_DIR
+LOCK = ".lock"
+ZEROSHOT_DIR = "zeroshot"  # what `tinlt zeroshot` writes, inside train.output_dir
+DEPLOY_KEYS = ("model", "config", "classnames", "train_counts", "groups", "versions", "epoch", "global_step")
 
 RESULT_FILES = (LAST, BEST, LOG, METRICS)  # what a new run must not mix with
 IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
@@ -123,6 +135,22 @@ class RunFolder:
     def resume_checkpoint(self) -> Optional[Path]:
         return self.last if self.last.is_file() else None
 
+    def holds_results(self) -> list[str]:
+        """The files of a finished or interrupted run in this folder (empty: nothing to lose)."""
+        return [n for n in RESULT_FILES if (self.path / n).is_file()]
+
+    def is_training_run(self) -> bool:
+        return bool({LAST, BEST, LOG} & set(self.holds_results()))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | os.PathLike) -> "RunFolder":
+        """The run a checkpoint belongs to: its folder, or the run around an eval/ folder
+        (``tinlt calibrate``'s ``eval/calibrated.pt``)."""
+        folder = Path(checkpoint).resolve().parent
+        if folder.name == EVAL_DIR and ((folder.parent / CONFIG).is_file() or (folder.parent / RUN_INFO).is_file()):
+            folder = folder.parent
+        return cls(folder)
+
     # -- writes ------------------------------------------------------------------------
     def write_config(self, cfg) -> Path:
         from ..config import to_yaml
@@ -137,12 +165,8 @@ class RunFolder:
         metrics["tinlt_version"] = __version__
         return fileio.write_json(self.metrics_path, metrics)
 
-    def append_log(self, record: dict) -> None:
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
     def rewrite_log(self, records: Sequence[dict]) -> None:
-        """The log holds what the checkpoint holds: a resumed run drops a killed run's lost records."""
+        """log.jsonl as ``records``, written whole (atomic), one JSON object per line."""
         fileio.write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in records))
 
     def write_json(self, name: str, obj: Any) -> Path:
@@ -215,6 +239,72 @@ class RunFolder:
         return "resume" if self.last.is_file() else "run"
 
 
+class RunLock:
+    """Holds a run folder for one trainer: a second one fails at once, naming the holder.
+
+    ``flock`` on ``<run>/.lock``: the kernel releases it when the holder exits or dies, so a
+    killed run leaves no lock behind (the next holder notes what it took over). The file
+    records PID, host, start time and command for the message; a clean exit empties it.
+    """
+
+    def __init__(self, run: RunFolder) -> None:
+        self.run, self._fd = run, None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        path = self.run.path / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(path)
+            os.close(fd)
+            raise TinltError(f"{self.run.path} is in use by another tinlt run ({holder}); wait for it to finish "
+                             "or choose another train.output_dir") from None
+        before = os.read(fd, 4096).decode(errors="replace").strip()
+        if before:  # the previous holder died without releasing it cleanly
+            print(f"tinlt: note: {self.run.path}: taking over from a run that ended without finishing "
+                  f"({_describe(before)})", file=sys.stderr)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        for stale in self.run.path.glob(".*.tmp"):  # half-written files of a killed holder
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _describe(text: str) -> str:
+    try:
+        d = json.loads(text)
+        return f"PID {d.get('pid')} on {d.get('host')}, since {d.get('since')}: {d.get('command')}"
+    except ValueError:
+        return "holder unknown"
+
+
+def _holder(path: Path) -> str:
+    try:
+        return _describe(path.read_text().strip())
+    except OSError:
+        return "holder unknown"
+
+
 def resolve_checkpoint(run_or_file: str | os.PathLike, *, key: str = "--checkpoint",
                        log: Optional[Callable[[str], None]] = None) -> Path:
     """A checkpoint file, or a run folder's best.pt (else last.pt); ``log`` hears which file a folder meant."""
@@ -241,7 +331,10 @@ def config_for_train(config: Optional[str], overrides: Sequence[str], resume: Op
         if not ckpt.is_file():
             raise TinltError(f"--resume: checkpoint not found: {resume}")
         saved = ckpt.parent / CONFIG
-        return load_config(saved if saved.is_file() else config, overrides)
+        cfg = load_config(saved if saved.is_file() else config, overrides)
+        if not any(o.split("=", 1)[0].strip() == "train.output_dir" for o in overrides):
+            cfg.train.output_dir = str(ckpt.parent)  # a moved or copied run continues where it is now
+        return cfg
     cfg = load_config(config, overrides)  # no --config: schema defaults + overrides
     saved = Path(cfg.train.output_dir) / CONFIG
     if resume == "auto" and saved.is_file():

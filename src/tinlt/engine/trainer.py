@@ -14,13 +14,13 @@ inside the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -33,24 +33,13 @@ from .distributed import barrier, cleanup, init_distributed
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
 from .hooks import TrainContext, call_hooks
-from .inference import evaluate, scores_line
+from .inference import epoch_line, evaluate, scores_line
 from .loaders import epoch_order, eval_loader, make_transforms, train_dataset, train_loader
 from .optim import back_off, build_optimizer, build_scheduler, effective_lr
 from .progress import echo, progress, quiet_while
-from .resume import check_data, load_resume
-from .run_folder import RunFolder
+from .resume import RETUNED, check_data, claim, load_resume, retune_optimizer
+from .run_folder import RunFolder, RunLock
 from .signals import StopRequest
-
-
-def _groups_json(groups: dict) -> dict:
-    return {k: np.asarray(v).tolist() for k, v in groups.items()}
-
-
-def _epoch_line(r: dict, split: str, epochs: int) -> str:
-    line = f"epoch {r['epoch']}/{epochs} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | {r['time_s']:.0f}s"
-    if split in r:
-        line += f" | {split}: " + scores_line(r[split])
-    return line
 
 
 # checkpoint key -> attribute with state_dict(); and the counters saved as they are
@@ -74,6 +63,7 @@ class _Run:
         self.epoch = self.batch_in_epoch = self.global_step = 0
         self.best_score, self.history = -1.0, []
         self.loss_sum, self.n_seen = 0.0, 0
+        self.changes: set[str] = set()
 
     def log(self, msg: str) -> None:
         if self.main:
@@ -90,8 +80,8 @@ class _Run:
         cfg = self.cfg
         ckpt_io.seed_everything(cfg.train.seed + self.dist.rank)
         self.data = data = build_data(cfg)
-        if ckpt is not None and self.main:
-            check_data(ckpt, data.train_counts)
+        if ckpt is not None:
+            check_data(ckpt, data.classnames, data.train_counts)
         model = create_model(cfg.model, data.classnames, image_size=cfg.data.image_size).to(self.device)
         prepare_model(model, cfg.model, classnames=data.classnames, resuming=ckpt is not None, log=self.log)
         apply_eval_adjustments(model, cfg.train, data.train_counts)  # train.tau_norm / posthoc_tau, eval mode only
@@ -122,8 +112,11 @@ class _Run:
             self.train_model = torch.compile(self.train_model)
 
     def restore(self, ckpt: dict) -> None:
+        configured = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
         for key, attr in _STATEFUL.items():
             getattr(self, attr).load_state_dict(ckpt[key])
+        if self.changes & set(RETUNED):  # a new lr takes effect at the schedule's current position
+            retune_optimizer(self.optimizer, self.scheduler, configured)
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         for key in _COUNTERS:
@@ -152,14 +145,13 @@ class _Run:
         if self.main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.write_config(cfg)
-            if resumed:
+            if resumed:  # the log holds what the checkpoint holds: a killed run's lost records go
                 self.run.rewrite_log(self.history)
             self.run.write_run_info({
                 "command": self.command or sys.argv, "seed": cfg.train.seed, "versions": ckpt_io.versions(),
                 "device": str(self.device), "world_size": self.dist.world_size, "per_device_batch": cfg.optim.batch_size,
                 "global_batch": self.global_batch, "lr_effective": lr, "lr_scaling": cfg.optim.lr_scaling,
-                "train_images": len(data.train), "train_counts": data.train_counts.tolist(),
-                "groups": _groups_json(data.groups), "eval_split": data.eval_name, "classnames": data.classnames})
+                "train_images": len(data.train), "eval_split": data.eval_name, **data.summary()})
             echo(
                 f"tinlt: {cfg.name} | {len(data.classnames)} classes, {len(data.train)} train images | model "
                 f"{cfg.model.name} | loss {cfg.loss.name} | device {self.device} x{self.dist.world_size} | batch "
@@ -178,13 +170,12 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
-        data = self.data
         return {
             **{key: getattr(self, attr).state_dict() for key, attr in _STATEFUL.items()},
             **{key: getattr(self, key) for key in _COUNTERS},
             "scaler": self.scaler.state_dict() if self.use_scaler else None, "epoch_loss": (self.loss_sum, self.n_seen),
-            "rng": ckpt_io.gather_rng_state(), "config": to_dict(self.cfg), "classnames": data.classnames,
-            "train_counts": data.train_counts.tolist(), "groups": _groups_json(data.groups), "versions": ckpt_io.versions(),
+            "rng": ckpt_io.gather_rng_state(), "config": to_dict(self.cfg), "versions": ckpt_io.versions(),
+            **self.data.summary(),
         }
 
     def save(self, best: bool = False) -> Path:
@@ -304,8 +295,8 @@ class _Run:
         record["grad_ratio"] = self.grad_ratio.ratio().tolist()
         self.history.append(record)
         if self.main:
-            self.run.append_log(record)
-            echo(_epoch_line(record, data.eval_name, cfg.optim.epochs))
+            self.run.rewrite_log(self.history)  # whole and atomic, so a kill never leaves half a line
+            echo(epoch_line(record, data.eval_name, cfg.optim.epochs))
             self.logger.log_epoch(self.epoch, record)
         self.save(best=bool(record.get("best")))
         self.hook("on_epoch_end", record=record)
@@ -327,23 +318,31 @@ class _Run:
 
 
 def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Optional[list[str]] = None,
-          hooks: Sequence[Any] = ()) -> dict:
+          hooks: Sequence[Any] = (), fresh: bool = False) -> dict:
     """Train TIN as configured; returns the final test metrics (also in ``metrics.json``).
 
     ``resume``: a checkpoint path, or "auto" for the run folder's last.pt; the caller passes
-    the run's config (``run_folder.config_for_train``). ``hooks``: see engine/hooks.py.
+    the run's config (``run_folder.config_for_train``). ``fresh``: replace the results of a
+    run already in ``train.output_dir`` (without it, such a folder is refused). ``hooks``:
+    see engine/hooks.py. The main process holds the folder's lock throughout.
     """
     with quiet_while(cfg.train.quiet):
         run = _Run(cfg, hooks, command)
-        ckpt = load_resume(resume, run.run, run.log)
-        run.build(ckpt)
-        run.build_optimization()
-        if ckpt is not None:
-            run.restore(ckpt)
-        run.build_loaders()
-        run.start(resumed=ckpt is not None)
-        start_time = time.time()
-        run.fit()
-        metrics = run.finish(start_time)
+        with RunLock(run.run) if run.main else contextlib.nullcontext():
+            try:
+                ckpt = load_resume(resume, run.run, run.log)
+                run.changes = claim(run.run, run.cfg, ckpt, fresh=fresh, main=run.main, log=run.log)
+                run.build(ckpt)
+                run.build_optimization()
+                if ckpt is not None:
+                    run.restore(ckpt)
+                run.build_loaders()
+                run.start(resumed=ckpt is not None)
+                start_time = time.time()
+                run.fit()
+                metrics = run.finish(start_time)
+            except OSError as e:  # the disk, a permission: the user's to fix, in one line
+                raise TinltError(f"{e.filename or run.run.path}: {e.strerror or e}; last good checkpoint: "
+                                 f"{run.run.resume_checkpoint() or 'none yet'}") from None
     cleanup()
     return metrics
