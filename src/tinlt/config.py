@@ -40,7 +40,12 @@ if not OmegaConf.has_resolver("tinlt_lists"):
 # Allowed values of the keys that name a method, declared once. The implementing modules
 # (models/tin.py, data/transforms.py, losses.py, ...) take their lists from here.
 SPLIT_KINDS = ("list", "folder", "csv", "fashion_mnist")
-HEADS = ("text", "linear")
+HEADS = ("text", "linear", "cosine")
+TUNING_METHODS = ("", "full", "frozen", "lora", "adaptformer", "vpt", "bitfit", "ln", "bn", "ssf", "last_k")
+LORA_TARGETS = ("q", "k", "v", "o", "mlp", "conv1x1")
+CLASSIFIER_INITS = ("", "text", "class_mean", "probe", "random")
+COOP_POSITIONS = ("end", "middle", "front")
+TTA_MODES = ("none", "flip", "five_crop", "ten_crop")
 AUGMENTS = ("paper", "none")
 SAMPLERS = ("instance", "class_balanced", "sqrt")
 GROUP_MODES = ("auto", "absolute", "relative")
@@ -52,6 +57,11 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 CHOICES = {
     "model.head": HEADS,
+    "model.tune_image.method": TUNING_METHODS,
+    "model.tune_text.method": TUNING_METHODS,
+    "model.classifier_init": CLASSIFIER_INITS,
+    "model.coop.position": COOP_POSITIONS,
+    "data.tta": TTA_MODES,
     "data.augment": AUGMENTS,
     "data.sampler": SAMPLERS,
     "data.groups": GROUP_MODES,
@@ -87,6 +97,9 @@ class DataConfig:
     test: SplitConfig = field(default_factory=SplitConfig)
     image_size: int = 224
     augment: str = "paper"  # paper (crop, flip, small rotation, colour jitter) | none
+    # test-time ensembling at evaluation and prediction: logits averaged over views (LIFT's TTE)
+    tta: str = "none"  # none | flip | five_crop | ten_crop
+    tta_expand: int = 24  # five/ten crop: resize to image_size + this, then crop image_size
     sampler: str = "instance"  # instance | class_balanced | sqrt
     num_workers: int = 2
     many_threshold: int = 100  # many: count > many_threshold
@@ -97,11 +110,39 @@ class DataConfig:
 
 
 @dataclass
+class TuneConfig:
+    """How one tower trains (models/tuning/; docs/tuning.md). Empty method: model.freeze_* decide."""
+
+    method: str = ""  # full | frozen | lora | adaptformer | vpt | bitfit | ln | bn | ssf | last_k
+    blocks: int = 0  # apply the method to the last this many blocks only (last_k: how many train); 0 = all
+    rank: int = 8  # lora
+    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
+    targets: List[str] = field(default_factory=lambda: ["q", "v"])  # lora: q k v o (attention), mlp, conv1x1
+    bottleneck: int = 0  # adaptformer: width; 0 = LIFT's rule 2^max(0, floor(log2(classes / (2 * blocks))))
+    prompts: int = 10  # vpt: prompt tokens
+    deep: bool = False  # vpt: new prompts before every block (else only before the first)
+
+
+@dataclass
+class CoopConfig:
+    """Learnable prompt context for the text head (CoOp, Zhou et al. 2022); n_ctx 0 = off."""
+
+    n_ctx: int = 0  # context tokens shared by all classes, initialised from the template's words
+    position: str = "end"  # where the class name goes: end | middle | front
+
+
+@dataclass
 class ModelConfig:
     name: str = "ViT-B-32"  # any open_clip model, a tinlt tiny config, or an offline tower pair
     pretrained: str = ""  # local checkpoint file or open_clip pretrained tag; empty = random init
     visual_attention: bool = True
-    head: str = "text"  # text (prompt cosine classifier) | linear
+    head: str = "text"  # text (prompts through the text tower) | linear | cosine (learnable unit rows)
+    # linear / cosine head: initial rows from text features, class means, a class-balanced probe, or random
+    classifier_init: str = ""  # "" = text for cosine, random for linear
+    cosine_scale: float = 25.0  # cosine head: fixed logit scale (LIFT's)
+    tune_image: TuneConfig = field(default_factory=TuneConfig)
+    tune_text: TuneConfig = field(default_factory=TuneConfig)
+    coop: CoopConfig = field(default_factory=CoopConfig)
     templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
     freeze_image: bool = False
     freeze_text: bool = False
@@ -180,6 +221,9 @@ class TrainConfig:
     # "auto" = $XDG_CACHE_HOME/tinlt/features (~/.cache/tinlt/features), or a folder
     feature_cache: str = ""
     quiet: bool = False
+    # checkpoints hold only the tensors that train (and buffers) plus a pointer to the base
+    # weights (model.name / model.pretrained); loading them needs those weights again
+    save_trainable_only: bool = False
     report: bool = True  # write RUN_DIR/report (figures, HTML, Markdown) when training ends
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs: pip install tinlt[tensorboard])
     # evaluation-time classifier adjustments (tinlt/models/adjust.py), applied in every evaluation
@@ -320,8 +364,24 @@ def _validate_classifier_options(cfg: DictConfig) -> None:
             "config key 'train.tau_norm' needs model.head=linear: the text head's classifier rows are "
             "L2-normalised text features already, so tau-normalisation would change nothing"
         )
-    if cfg.model.reinit_head and head != "linear":
-        raise TinltError("config key 'model.reinit_head' needs model.head=linear (the text head has no weights of its own)")
+    if cfg.model.reinit_head and head == "text":
+        raise TinltError("config key 'model.reinit_head' needs model.head=linear or cosine (the text head has no "
+                         "weights of its own)")
+    if cfg.model.classifier_init and head == "text":
+        raise TinltError("config key 'model.classifier_init' needs model.head=linear or cosine; the text head's "
+                         "rows are its prompts' features")
+    if cfg.model.coop.n_ctx and head != "text":
+        raise TinltError("config key 'model.coop.n_ctx' (learnable prompts) needs model.head=text")
+    for key in ("image", "text"):
+        if cfg.model[f"tune_{key}"].method and cfg.model[f"freeze_{key}"]:
+            raise TinltError(f"config keys 'model.freeze_{key}' and 'model.tune_{key}.method' both say how the "
+                             f"{key} tower trains; use model.tune_{key}.method=frozen alone")
+    if cfg.model.tune_text.method and head != "text":
+        raise TinltError(f"config key 'model.tune_text.method' = {cfg.model.tune_text.method!r}, but model.head="
+                         f"{head} has no text tower to tune")
+    bad = [t for t in list(cfg.model.tune_image.targets) + list(cfg.model.tune_text.targets) if t not in LORA_TARGETS]
+    if bad:
+        raise TinltError(f"config key 'model.tune_*.targets': {bad[0]!r}; expected some of: {', '.join(LORA_TARGETS)}")
     uses_contrastive = cfg.loss.name == "contrastive" or cfg.loss.contrastive_weight != 0
     if uses_contrastive and head != "text":
         raise TinltError("the contrastive loss (loss.name=contrastive or loss.contrastive_weight) needs model.head=text")

@@ -10,6 +10,10 @@ normalised float tensor (3, image_size, image_size).
   horizontal flip, rotation within +-10 degrees (filled with the mean colour, which
   normalises to ~0), colour jitter 0.2 on brightness, contrast and saturation.
 * train ``none``: the eval pipeline.
+* eval with test-time ensembling (``data.tta``; LIFT's TTE): a (V, 3, S, S) stack of views
+  per image. ``flip``: the eval crop and its mirror image. ``five_crop`` / ``ten_crop``: the
+  shorter side resized to S + ``tta_expand``, then torchvision's five crops (corners and
+  centre), and for ten also those of the mirrored image. Models average the views' logits.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from ..config import AUGMENTS, check_choice
+from ..config import AUGMENTS, TTA_MODES, check_choice
 from ..errors import TinltError
 from .images import to_rgb
 
@@ -43,15 +47,42 @@ class ToRGB:
         return f"{type(self).__name__}()"
 
 
+class Views:
+    """PIL image -> (V, 3, S, S): ``views`` (a torchvision multi-view transform) then ``each`` per view."""
+
+    def __init__(self, views, each) -> None:
+        self.views, self.each = views, each
+
+    def __call__(self, img):
+        return torch.stack([self.each(v) for v in self.views(img)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(views={self.views!r}, each={self.each!r})"
+
+
+class FlipPair:
+    """An image and its mirror image (torchvision has no two-view flip)."""
+
+    def __call__(self, img):
+        return img, T.functional.horizontal_flip(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
 def build_transforms(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
     train: bool,
     augment: str = "paper",
+    tta: str = "none",
+    tta_expand: int = 24,
 ) -> T.Compose:
-    """Transform from a PIL image (or uint8 array) to a normalised (3, S, S) float tensor."""
+    """Transform from a PIL image (or uint8 array) to a normalised (3, S, S) float tensor,
+    or for evaluation with test-time ensembling a (V, 3, S, S) stack (see the module doc)."""
     check_choice("data.augment", augment, AUGMENTS)
+    check_choice("data.tta", tta, TTA_MODES)
     if int(image_size) < 1:
         raise TinltError(f"config key 'data.image_size' must be >= 1, got {image_size}")
     mean, std = [float(m) for m in mean], [float(s) for s in std]
@@ -68,10 +99,17 @@ def build_transforms(
             T.RandomHorizontalFlip(),
             T.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
         ]
-    else:
+    elif train or tta == "none":
         steps = [
             ToRGB(),
             T.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
             T.CenterCrop(size),
         ]
+    else:
+        crop = tta != "flip"
+        resize = T.Resize(size + (int(tta_expand) if crop else 0), interpolation=InterpolationMode.BICUBIC,
+                          antialias=True)
+        views = {"flip": T.Compose([T.CenterCrop(size), FlipPair()]), "five_crop": T.FiveCrop(size),
+                 "ten_crop": T.TenCrop(size)}[tta]
+        return T.Compose([ToRGB(), resize, Views(views, T.Compose(to_tensor))])
     return T.Compose(steps + to_tensor)

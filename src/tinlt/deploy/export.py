@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.loaders import make_transforms
+from ..engine.loaders import eval_transform
 from ..errors import TinltError
 from ..fileio import atomic_target, sha256
 from .int8 import INPUT_NAME, QUANT_METHODS, int8_path, quantize_int8
@@ -69,6 +69,8 @@ def build_metadata(model: nn.Module, cfg: Any, ckpt: dict, checkpoint: str | Pat
         image_size=int(cfg.data.image_size),
         mean=tuple(float(m) for m in tower.image_mean),
         std=tuple(float(s) for s in tower.image_std),
+        tta=str(cfg.data.get("tta", "none")),
+        tta_expand=int(cfg.data.get("tta_expand", 24)),
     )
     info = ckpt.get("threshold_info")
     return {
@@ -258,11 +260,20 @@ def _parity_probe(eval_samples, eval_name: str, eval_tf, parity_images: int, siz
 
 def _write_fp32(wrapper, out: Path, metadata: dict, probe: torch.Tensor, source: str, *, size: int, opset: int,
                 tolerance: float) -> dict:
-    """Export, check parity on ``probe``, and write ``out`` with its metadata; the parity record."""
+    """Export (LoRA / SSF merged into plain weights first), check parity on ``probe`` against
+    the unmerged model, and write ``out`` with its metadata; the parity record."""
+    import copy
+
     import onnx
 
+    from ..models.tuning import merge
+
+    graph = wrapper
+    if any(True for _ in _parametrized(wrapper)):
+        graph = copy.deepcopy(wrapper)
+        metadata["merged_parametrizations"] = merge(graph)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        raw = export_graph(wrapper, Path(tmp) / "raw.onnx", size, opset)
+        raw = export_graph(graph, Path(tmp) / "raw.onnx", size, opset)
         parity = check_parity(wrapper, raw, probe, tolerance)
         parity["inputs"] = source
         if not parity["passed"]:
@@ -278,6 +289,12 @@ def _write_fp32(wrapper, out: Path, metadata: dict, probe: torch.Tensor, source:
         metadata["parity"] = parity
         _write_model(onnx.load(str(raw)), out, metadata)
     return parity
+
+
+def _parametrized(module: nn.Module):
+    from torch.nn.utils import parametrize
+
+    return (m for m in module.modules() if parametrize.is_parametrized(m))
 
 
 def _calibration_images(cfg, eval_tf, calib_images: int, quiet: bool) -> Optional[np.ndarray]:
@@ -359,7 +376,7 @@ def export_checkpoint(
         raise TinltError(f"--int8-method {int8_method!r}; expected one of: {', '.join(QUANT_METHODS)}")
     checkpoint = resolve_checkpoint(checkpoint, log=lambda msg: echo(msg, quiet=quiet))
     model, cfg, ckpt = load_model(checkpoint, overrides=overrides)
-    _, eval_tf = make_transforms(model, cfg)
+    eval_tf, probe_tf = eval_transform(model, cfg), eval_transform(model, cfg, views=False)
     wrapper = ExportWrapper(model).eval()
     metadata = build_metadata(model, cfg, ckpt, checkpoint)
     size = int(cfg.data.image_size)
@@ -369,7 +386,10 @@ def export_checkpoint(
         if quantize and "differ from the model's" in str(e):
             raise TinltError(f"{e}; int8 accuracy cannot be measured") from None
         eval_samples, eval_name = None, f"evaluation data unavailable: {e}"
-    probe, source = _parity_probe(eval_samples, eval_name, eval_tf, parity_images, size, quiet)
+    probe, source = _parity_probe(eval_samples, eval_name, probe_tf, parity_images, size, quiet)
+    if metadata["preprocess"]["tta"] != "none":
+        echo(f"export: test-time ensembling ({metadata['preprocess']['tta']}) is in the metadata: the ONNX predictor "
+             "runs each view through the graph and averages the logits; the graph itself takes one view", quiet=quiet)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     parity = _write_fp32(wrapper, out, metadata, probe, source, size=size, opset=opset, tolerance=tolerance)
@@ -384,7 +404,7 @@ def export_checkpoint(
     if quantize is None:
         return result
 
-    calib = _calibration_images(cfg, eval_tf, calib_images, quiet) if int8_method == "static" else None
+    calib = _calibration_images(cfg, probe_tf, calib_images, quiet) if int8_method == "static" else None
     quant = _write_int8(out, metadata, method=int8_method, calib=calib, eval_tf=eval_tf, cfg=cfg, ckpt=ckpt,
                         eval_samples=eval_samples, eval_name=eval_name, quiet=quiet)
     q_out = int8_path(out)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import TinltError
 from ..metrics import threshold_rule
-from .types import Preprocess, predict_rows, softmax
+from .types import Preprocess, predict_rows, softmax, view_logits
 
 # metadata keys written by tinlt.deploy.export; each value is a JSON string
 META_KEYS = ("classnames", "templates", "preprocess", "threshold", "threshold_info", "tinlt_version", "source_checkpoint", "model")
@@ -86,7 +86,7 @@ class OnnxClassifier:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def probs(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(batch))
+        return softmax(view_logits(self.logits, batch))
 
     def predict(self, inputs: Sequence[str | Path], topk: int = 5, batch_size: int = 64, quiet: bool = False) -> list[dict]:
         """Rows of :func:`tinlt.deploy.types.predict_rows` for images and folders."""

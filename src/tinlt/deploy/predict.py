@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..engine.evaluate import over_views
 from ..engine.inference import load_model, rule_of
 from ..engine.loaders import make_transforms
 from ..engine.progress import echo
@@ -41,7 +42,8 @@ class CheckpointClassifier:
 
     @torch.no_grad()
     def probs(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(batch), text_features=self.text).float().softmax(-1).cpu().numpy()
+        logits = over_views(lambda x: self.model(x, text_features=self.text), torch.from_numpy(batch))
+        return logits.float().softmax(-1).cpu().numpy()
 
 
 def predict_paths(checkpoint: str | Path, inputs: Sequence[str | Path], topk: int = 5, batch_size: int = 64,

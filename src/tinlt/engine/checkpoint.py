@@ -112,6 +112,36 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
+def model_state(model: torch.nn.Module, trainable_only: bool = False) -> dict:
+    """The model's state dict; ``trainable_only``: only the parameters that train, and buffers."""
+    state = model.state_dict()
+    if not trainable_only:
+        return state
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return type(state)((k, v) for k, v in state.items() if k in keep)
+
+
+def model_entries(model: torch.nn.Module, cfg) -> dict:
+    """A checkpoint's model entries: ``model`` (all tensors, or with ``train.save_trainable_only``
+    the tuned ones), ``trainable_only``, and ``base``, the weights a lean checkpoint points to."""
+    lean = bool(cfg.train.get("save_trainable_only", False))
+    base = {k: cfg.model.get(k) for k in ("name", "pretrained", "pretrained_image", "pretrained_text")}
+    return {"model": model_state(model, lean), "trainable_only": lean, "base": base if lean else None}
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict, where: str = "checkpoint") -> None:
+    """Load ``ckpt["model"]``: every tensor, or for a trainable-only checkpoint the tuned ones
+    onto a model built from the base weights (checked: nothing that trains may be missing)."""
+    if not ckpt.get("trainable_only"):
+        model.load_state_dict(ckpt["model"])
+        return
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    lost = sorted((set(missing) & trains) | set(unexpected))
+    if lost:
+        raise TinltError(f"{where}: a trainable-only checkpoint that does not fit this model ({lost[0]} ...)")
+
+
 def check_finite(model: torch.nn.Module, step: int, last_good: Path | None) -> None:
     """Never replace the last good checkpoint with diverged weights (every rank holds the same ones)."""
     if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):

@@ -40,3 +40,12 @@ def compiled_forward(model, images):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise TinltError(f"train.compile: torch.compile failed ({type(e).__name__}: {first}); "
                          "set train.compile=false to train without it") from None
+
+
+def wrap_for_training(model: torch.nn.Module, cfg, dist_info, device: torch.device) -> torch.nn.Module:
+    """The module the training forward runs: DDP across processes, then torch.compile
+    (``train.compile``; evaluation keeps the eager model)."""
+    out = model
+    if dist_info.enabled:
+        out = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(out) if cfg.train.compile else out

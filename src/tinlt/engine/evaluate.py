@@ -34,6 +34,14 @@ class Predictions:
     scores: Optional[np.ndarray]  # (N, C) probabilities; kept only for small C (binary metrics)
 
 
+def over_views(score: Callable[[torch.Tensor], torch.Tensor], images) -> torch.Tensor:
+    """Logits of a batch; a (B, V, 3, H, W) batch of test-time views gives their mean logits."""
+    if isinstance(images, torch.Tensor) and images.ndim == 5:
+        b, v = images.shape[:2]
+        return score(images.flatten(0, 1)).float().reshape(b, v, -1).mean(dim=1)
+    return score(images)
+
+
 def _scorer(model: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], None]]:
     """(images -> logits, restore) for a TIN (eval mode, text features once) or a backend."""
     if hasattr(model, "logits") and not isinstance(model, torch.nn.Module):
@@ -63,7 +71,7 @@ def predict_loader(
     for images, targets, indices in progress(loader, desc=desc, quiet=quiet, unit="batch"):
         images = images.to(device, non_blocking=True)
         with autocast_for(device, amp):
-            logits = score(images)
+            logits = over_views(score, images)
         probs = logits.float().softmax(dim=-1)
         conf, pred = probs.max(dim=-1)
         idx_l.append(np.asarray(indices))

@@ -12,6 +12,10 @@ What is cached depends on how much of the image path is fixed during training:
 * ``embedding``: the un-normalised ``forward_merge`` output, when nothing in the image path
   trains (attention off or fixed, e.g. ``model.freeze_features``): 512 floats per image
   instead of a 768x7x7 map.
+* ``prefix``: the activations after the tower's first n blocks (``forward_prefix``), when the
+  tower trains but only from block n on (``last_k``, or a tuning method limited to the last
+  blocks with ``model.tune_image.blocks``): the frozen blocks run once per dataset, the rest
+  every step.
 
 "Fixed" is checked, not assumed: the path must hold no module whose output depends on
 training mode while in training mode (BatchNorm, dropout), and its output, computed with
@@ -47,15 +51,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.base import SplitFeatures
+from ..models.base import PrefixFeatures, SplitFeatures
 from ..models.tin import TIN, ImageEmbedding
 from .cache_entries import default_cache_dir, resolve_cache_dir, touch  # noqa: F401 (re-exported)
 from .device import autocast_for
 from .progress import echo, progress
 
 FORMAT_VERSION = 1
-KINDS = ("split", "embedding")
-ARRAYS = {"split": ("fmap", "aside"), "embedding": ("embedding",)}
+KINDS = ("split", "embedding", "prefix")
+ARRAYS = {"split": ("fmap", "aside"), "embedding": ("embedding",), "prefix": ("prefix",)}
 
 
 # --------------------------------------------------------------------------- batches
@@ -81,6 +85,15 @@ class CachedEmbedding(ImageEmbedding):
         return CachedEmbedding(self.embedding.to(*args, **kwargs))
 
 
+class CachedPrefix(PrefixFeatures):
+    """A batch of cached ``forward_prefix`` outputs; ``.to`` like a tensor."""
+
+    __slots__ = ()
+
+    def to(self, *args: Any, **kwargs: Any) -> "CachedPrefix":
+        return CachedPrefix(self.x.to(*args, **kwargs), self.blocks)
+
+
 def _already_collated(batch):
     return batch
 
@@ -96,9 +109,10 @@ class FeatureDataset(Dataset):
 
     collate_fn = staticmethod(_already_collated)
 
-    def __init__(self, entry: Path, kind: str, labels: np.ndarray) -> None:
+    def __init__(self, entry: Path, kind: str, labels: np.ndarray, prefix_blocks: int = 0) -> None:
         self.entry = Path(entry)
         self.kind = kind
+        self.prefix_blocks = int(prefix_blocks)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.source_index = np.load(self.entry / "source_index.npy")
         self._arrays: Optional[dict[str, np.ndarray]] = None
@@ -122,6 +136,8 @@ class FeatureDataset(Dataset):
         feats = {n: torch.from_numpy(np.ascontiguousarray(a[index])) for n, a in arrays.items()}
         if self.kind == "split":
             return CachedSplit(feats["fmap"], feats.get("aside"))
+        if self.kind == "prefix":
+            return CachedPrefix(feats["prefix"], self.prefix_blocks)
         return CachedEmbedding(feats["embedding"])
 
     def __getitems__(self, keys: list):
@@ -131,7 +147,7 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, key):
         batch, labels, source = self.__getitems__([key])
-        one = type(batch)(*(None if t is None else t[0] for t in batch))
+        one = type(batch)(*(t[0] if isinstance(t, torch.Tensor) else t for t in batch))
         return one, int(labels[0]), int(source[0])
 
 
@@ -168,8 +184,22 @@ def _any_trainable(*modules: Optional[nn.Module]) -> bool:
     return any(p.requires_grad for m in modules if m is not None for p in m.parameters())
 
 
+def frozen_prefix(tower: nn.Module) -> int:
+    """How many leading blocks of the tower (``prefix_blocks``) neither train nor change with
+    the mode, with a frozen stem before them; 0 when there is no such prefix."""
+    blocks = tower.prefix_blocks()
+    if not blocks or any(p.requires_grad for p in tower.stem_parameters()) or getattr(tower, "prompts", None) is not None:
+        return 0
+    n = 0
+    for b in blocks:
+        if _any_trainable(b) or _mode_dependent(b):
+            break
+        n += 1
+    return n
+
+
 def cacheable_kind(model: TIN, image_size: int) -> tuple[Optional[str], str]:
-    """("embedding" | "split" | None, reason when None) for ``model`` as it will train.
+    """("embedding" | "split" | "prefix" | None, reason when None) for ``model`` as it will train.
 
     Runs one zero image through the tower (with gradients on) only when some tower
     parameters train, to see whether they act before the cached point.
@@ -188,7 +218,14 @@ def cacheable_kind(model: TIN, image_size: int) -> tuple[Optional[str], str]:
             with torch.enable_grad():
                 split = tower.forward_split(probe)
             if any(t.requires_grad for t in _tensors(split)):
-                return None, "the image tower trains (model.freeze_image is false)"
+                n = frozen_prefix(tower)
+                if n:
+                    with torch.enable_grad():
+                        if not tower.forward_prefix(probe, n).requires_grad:
+                            return "prefix", ""
+                if not model.is_tuned("image"):
+                    return None, "the image tower trains (model.freeze_image is false)"
+                return None, "the image tower trains from its first block on (model.tune_image: no frozen prefix)"
         if attention is not None and (_any_trainable(attention) or _mode_dependent(attention)):
             return "split", ""
         if _any_trainable(tower):
@@ -277,6 +314,7 @@ class FeatureStore:
             is_main: bool = True,
             barrier: Callable[[], None] = lambda: None,
             draft_size: Optional[int] = None,
+            prefix_blocks: int = 0,
     ) -> None:
         from ..data.dataset import DEFAULT_DRAFT_SIZE
 
@@ -286,6 +324,7 @@ class FeatureStore:
         self.transform, self.device, self.amp = transform, device, amp
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.is_main, self.barrier = is_main, barrier
+        self.prefix_blocks = int(prefix_blocks) if kind == "prefix" else 0
         self.draft_size = DEFAULT_DRAFT_SIZE if draft_size is None else draft_size
         tower = model.image_tower
         self.base_key = {
@@ -301,6 +340,7 @@ class FeatureStore:
             "draft_size": self.draft_size,
             "precision": _precision(device, amp),
             "device": device.type,
+            **({"prefix_blocks": self.prefix_blocks} if kind == "prefix" else {}),
         }
         self._name = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)[:40] or "model"
         self._open: dict[int, FeatureDataset] = {}
@@ -343,7 +383,7 @@ class FeatureStore:
         if not self._valid(entry, key):
             self._build(samples, entry, key, desc)
         touch(entry)  # recency for `tinlt cache prune`
-        ds = FeatureDataset(entry, self.kind, samples.labels)
+        ds = FeatureDataset(entry, self.kind, samples.labels, prefix_blocks=self.prefix_blocks)
         self._open[id(samples)] = ds
         return ds
 
@@ -353,6 +393,8 @@ class FeatureStore:
         with autocast_for(self.device, self.amp):
             if self.kind == "embedding":
                 return {"embedding": self.model.encode_image(images, normalize=False)}
+            if self.kind == "prefix":
+                return {"prefix": self.model.image_tower.forward_prefix(images, self.prefix_blocks)}
             fmap, aside = self.model.image_tower.forward_split(images)
             return {"fmap": fmap} if aside is None else {"fmap": fmap, "aside": aside}
 
@@ -442,4 +484,5 @@ def feature_store_for(
         num_workers=cfg.data.num_workers,
         is_main=is_main,
         barrier=barrier,
+        prefix_blocks=frozen_prefix(model.image_tower) if kind == "prefix" else 0,
     )

@@ -58,11 +58,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
 
     ckpt = ckpt_io.load_checkpoint(path)
     cfg = apply_overrides(from_dict(ckpt["config"]), overrides)
-    build_cfg = OmegaConf.merge(
-        cfg.model, {"pretrained": "", "pretrained_image": False, "pretrained_text": False}
-    )  # the state dict below overwrites every weight anyway
-    model = create_model(build_cfg, ckpt["classnames"], image_size=cfg.data.image_size)
-    model.load_state_dict(ckpt["model"])
+    # the state dict below overwrites every weight, unless it holds only the tuned ones
+    build = {} if ckpt.get("trainable_only") else {"pretrained": "", "pretrained_image": False, "pretrained_text": False}
+    if cfg.model.head != "text":
+        build["classifier_init"] = "random"
+    model = create_model(OmegaConf.merge(cfg.model, build), ckpt["classnames"], image_size=cfg.data.image_size)
+    ckpt_io.load_model_state(model, ckpt, where=str(path))
     apply_eval_adjustments(model, cfg.train, np.asarray(ckpt["train_counts"]))
     model.to(device).eval()
     return model, cfg, ckpt

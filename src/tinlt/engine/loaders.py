@@ -19,14 +19,25 @@ from .sampling import EpochOrder, SeededDataset, Shard
 
 
 def make_transforms(model, cfg: DictConfig):
-    """(train, eval) transforms for ``model``'s image tower at ``data.image_size``."""
+    """(train, eval) transforms for ``model``'s image tower at ``data.image_size``; with
+    ``data.tta`` the eval transform gives a stack of test-time views per image."""
     from ..data.transforms import build_transforms
 
     tower = model.image_tower
-    size = cfg.data.image_size
-    train_tf = build_transforms(size, tower.image_mean, tower.image_std, train=True, augment=cfg.data.augment)
-    eval_tf = build_transforms(size, tower.image_mean, tower.image_std, train=False, augment="none")
-    return train_tf, eval_tf
+    train_tf = build_transforms(cfg.data.image_size, tower.image_mean, tower.image_std, train=True,
+                                augment=cfg.data.augment)
+    return train_tf, eval_transform(model, cfg)
+
+
+def eval_transform(model, cfg: DictConfig, *, views: bool = True):
+    """The evaluation transform; ``views=False``: one view per image whatever ``data.tta`` says
+    (the feature cache, classifier initialisation, export's parity images)."""
+    from ..data.transforms import build_transforms
+
+    tower = model.image_tower
+    tta = cfg.data.get("tta", "none") if views else "none"
+    return build_transforms(cfg.data.image_size, tower.image_mean, tower.image_std, train=False, augment="none",
+                            tta=tta, tta_expand=cfg.data.get("tta_expand", 24))
 
 
 def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo = DistInfo(),

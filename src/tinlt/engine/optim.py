@@ -56,6 +56,14 @@ def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str):
     return factor
 
 
+def step_counts(cfg: DictConfig, samples_per_epoch: int) -> tuple[int, int, int]:
+    """(batches per epoch, optimizer steps per epoch, total steps after train.max_steps)."""
+    batches = math.ceil(samples_per_epoch / cfg.optim.batch_size)
+    per_epoch = max(1, batches // cfg.optim.accum_steps)
+    total = per_epoch * cfg.optim.epochs
+    return batches, per_epoch, min(total, cfg.train.max_steps) if cfg.train.max_steps > 0 else total
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int):
     warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
     factor = warmup_cosine(steps_per_epoch * cfg.optim.epochs, warmup_steps, cfg.optim.schedule)

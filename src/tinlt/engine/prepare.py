@@ -20,11 +20,12 @@ from . import checkpoint as ckpt_io
 from .run_folder import resolve_checkpoint
 
 
-def linear_head(model: nn.Module, key: str = "model.reinit_head") -> nn.Linear:
+def own_head(model: nn.Module, key: str = "model.reinit_head") -> nn.Module:
+    """The linear or cosine head (weights of its own; the text head has none)."""
     core = getattr(model, "module", model)
     head = getattr(core, "head", None)
-    if getattr(core, "head_type", "linear") != "linear" or not isinstance(head, nn.Linear):
-        raise TinltError(f"config key '{key}' needs model.head=linear (the text head has no weights of its own)")
+    if getattr(core, "head_type", "linear") == "text" or head is None:
+        raise TinltError(f"config key '{key}' needs model.head=linear or cosine (the text head has no weights of its own)")
     return head
 
 
@@ -39,16 +40,19 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_head: bool = False,
     ckpt_path = resolve_checkpoint(path, key="model.init_from", log=log)
     ckpt = ckpt_io.load_checkpoint(ckpt_path)
     own = model.state_dict()
-    keep_head = not skip_head and getattr(model, "head_type", None) == "linear"
+    keep_head = not skip_head and getattr(model, "head_type", "text") != "text"
     if keep_head and classnames is not None and list(ckpt.get("classnames", classnames)) != list(classnames):
         raise TinltError(
             f"config key 'model.init_from': {ckpt_path} was trained on other classes; "
-            f"set model.reinit_head=true to train a new linear head"
+            f"set model.reinit_head=true to train a new head"
         )
+    # a tuned model keeps a parametrized weight (LoRA, SSF) under '<module>.parametrizations.<name>.original'
+    plain = {k.replace(".parametrizations.", ".").replace(".original", ""): k for k in own if k.endswith(".original")}
     take, mismatched = {}, []
     for name, tensor in ckpt["model"].items():
         if skip_head and name.startswith("head."):
             continue
+        name = name if name in own else plain.get(name, name)
         if name in own:
             if own[name].shape == tensor.shape:
                 take[name] = tensor
@@ -91,6 +95,6 @@ def prepare_model(model: nn.Module, model_cfg, *, classnames=None, resuming: boo
             + (f"; {len(info['shape_mismatch'])} skipped for shape" if info["shape_mismatch"] else "")
         )
     if reinit and not resuming:
-        linear_head(model).reset_parameters()
+        own_head(model).reset_parameters()
     if model_cfg.get("freeze_features", False):
         freeze_features(model)

@@ -27,24 +27,25 @@ from omegaconf import DictConfig
 from ..config import to_dict
 from ..errors import Interrupted, TinltError
 from ..models.adjust import apply_eval_adjustments
+from ..models.tuning import describe_trainable
 from . import checkpoint as ckpt_io
-from .device import autocast_for, compiled_forward, is_convolutional, resolve_device
+from .device import autocast_for, compiled_forward, is_convolutional, resolve_device, wrap_for_training
 from .distributed import barrier, cleanup, init_distributed
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
 from .hooks import TrainContext, call_hooks
 from .inference import epoch_line, evaluate, scores_line
-from .loaders import epoch_order, eval_loader, make_transforms, train_dataset, train_loader
-from .optim import back_off, build_optimizer, build_scheduler, effective_lr
+from .classifier_init import init_classifier
+from .loaders import epoch_order, eval_loader, eval_transform, make_transforms, train_dataset, train_loader
+from .optim import back_off, build_optimizer, build_scheduler, effective_lr, step_counts
 from .progress import echo, progress, quiet_while
 from .resume import RETUNED, check_data, claim, load_resume, retune_optimizer
 from .run_folder import RunFolder, RunLock
 from .signals import StopRequest
 
 
-# checkpoint key -> attribute with state_dict(); and the counters saved as they are
-_STATEFUL = {"model": "model", "optimizer": "optimizer", "scheduler": "scheduler", "loss": "loss_fn",
-             "grad_ratio": "grad_ratio"}
+# checkpoint key -> attribute with state_dict() (the model's is ckpt_io.model_state); counters as they are
+_STATEFUL = {"optimizer": "optimizer", "scheduler": "scheduler", "loss": "loss_fn", "grad_ratio": "grad_ratio"}
 _COUNTERS = ("epoch", "batch_in_epoch", "global_step", "best_score", "history")
 
 
@@ -89,30 +90,27 @@ class _Run:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.train_tf, self.eval_tf = make_transforms(model, cfg)
+        self.view_tf = eval_transform(model, cfg, views=False)  # cache, classifier init: one view per image
+        if ckpt is None and (not cfg.model.init_from or cfg.model.reinit_head):
+            init_classifier(model, data.train, self.view_tf, cfg, self.device, log=self.log)
         self.loss_fn = build_loss(cfg.loss, data.train_counts).to(self.device)
         self.train_ds = train_dataset(data.train, self.train_tf)
         self.order = epoch_order(data.train, cfg, self.dist)
 
     def build_optimization(self) -> None:
-        cfg, bs = self.cfg, self.cfg.optim.batch_size
-        self.per_epoch_batches = math.ceil(len(self.order.order()) / bs)
-        self.steps_per_epoch = max(1, self.per_epoch_batches // cfg.optim.accum_steps)
-        self.total_steps = self.steps_per_epoch * cfg.optim.epochs
-        if cfg.train.max_steps > 0:
-            self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        self.global_batch = bs * cfg.optim.accum_steps * self.dist.world_size
+        cfg = self.cfg
+        self.per_epoch_batches, self.steps_per_epoch, self.total_steps = step_counts(cfg, len(self.order.order()))
+        self.global_batch = cfg.optim.batch_size * cfg.optim.accum_steps * self.dist.world_size
         self.optimizer = build_optimizer(self.model, cfg, self.global_batch)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.use_scaler = self.device.type == "cuda" and cfg.train.amp == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.grad_ratio = GradientRatio(len(self.data.classnames))
-        self.train_model = self.model if not self.dist.enabled else torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.train.compile:  # the training forward only; evaluation runs the eager model
-            self.train_model = torch.compile(self.train_model)
+        self.train_model = wrap_for_training(self.model, cfg, self.dist, self.device)
 
     def restore(self, ckpt: dict) -> None:
         configured = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
+        ckpt_io.load_model_state(self.model, ckpt, where="--resume")
         for key, attr in _STATEFUL.items():
             getattr(self, attr).load_state_dict(ckpt[key])
         if self.changes & set(RETUNED):  # a new lr takes effect at the schedule's current position
@@ -126,11 +124,12 @@ class _Run:
         ckpt_io.set_rng_state(rng[self.dist.rank] if isinstance(rng, list) else rng)
 
     def build_loaders(self) -> None:
-        """A fixed image path reads its outputs from disk (train.feature_cache; engine/feature_cache.py),
-        for training only without random augmentation; weights are final here (init_from, resume)."""
+        """A fixed image path reads its outputs from disk (train.feature_cache), for training only
+        without random augmentation, for evaluation without test-time views (weights are final here)."""
         cfg = self.cfg
-        self.features = feature_store_for(self.model, cfg, transform=self.eval_tf, device=self.device,
+        self.features = feature_store_for(self.model, cfg, transform=self.view_tf, device=self.device,
                                           is_main=self.main, barrier=barrier)
+        self.eval_features = self.features if cfg.data.get("tta", "none") == "none" else None
         train_ds, workers = self.train_ds, None
         if self.features is not None and cfg.data.augment == "none":
             train_ds, workers = self.features.dataset(self.data.train, desc="train"), 0  # nothing left to decode
@@ -152,6 +151,7 @@ class _Run:
                 "device": str(self.device), "world_size": self.dist.world_size, "per_device_batch": cfg.optim.batch_size,
                 "global_batch": self.global_batch, "lr_effective": lr, "lr_scaling": cfg.optim.lr_scaling,
                 "train_images": len(data.train), "eval_split": data.eval_name, **data.summary()})
+            echo(describe_trainable(self.model))
             echo(
                 f"tinlt: {cfg.name} | {len(data.classnames)} classes, {len(data.train)} train images | model "
                 f"{cfg.model.name} | loss {cfg.loss.name} | device {self.device} x{self.dist.world_size} | batch "
@@ -160,7 +160,8 @@ class _Run:
             )
         self.logger = make_logger(cfg, self.run.path, is_main=self.main)  # TensorBoard if train.tensorboard
         self.ctx = TrainContext(cfg=cfg, run=self.run, logger=self.logger, features=self.features)
-        self.eval_dl = eval_loader(data.evaluation, self.eval_tf, cfg, self.dist, self.device, features=self.features)
+        self.eval_dl = eval_loader(data.evaluation, self.eval_tf, cfg, self.dist, self.device,
+                                   features=self.eval_features)
         self.hook("on_start")
 
     def hook(self, event: str, **fields) -> None:
@@ -171,6 +172,7 @@ class _Run:
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
         return {
+            **ckpt_io.model_entries(self.model, self.cfg),
             **{key: getattr(self, attr).state_dict() for key, attr in _STATEFUL.items()},
             **{key: getattr(self, key) for key in _COUNTERS},
             "scaler": self.scaler.state_dict() if self.use_scaler else None, "epoch_loss": (self.loss_sum, self.n_seen),
@@ -305,9 +307,9 @@ class _Run:
     def finish(self, start_time: float) -> dict:
         """The test split, scored once with the selected weights (best.pt); metrics.json."""
         if self.run.best.is_file():
-            self.model.load_state_dict(ckpt_io.load_checkpoint(self.run.best)["model"])
+            ckpt_io.load_model_state(self.model, ckpt_io.load_checkpoint(self.run.best), where=str(self.run.best))
         metrics = evaluate(self.model, self.data.final, self.cfg, self.data, device=self.device, dist_info=self.dist,
-                           desc="test", features=self.features, transform=self.eval_tf)
+                           desc="test", features=self.eval_features, transform=self.eval_tf)
         metrics["train_time_s"] = round(time.time() - start_time, 1)
         if self.main:
             self.run.write_metrics(metrics)

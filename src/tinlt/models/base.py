@@ -25,6 +25,15 @@ class SplitFeatures(NamedTuple):
     aside: Optional[torch.Tensor] = None
 
 
+class PrefixFeatures(NamedTuple):
+    """What ``ImageTower.forward_prefix`` returns: the activations after the tower's first
+    ``blocks`` blocks. TIN's forward takes it in place of images (the feature cache's
+    ``prefix`` entries, when only later blocks train)."""
+
+    x: torch.Tensor
+    blocks: int
+
+
 class ImageTower(nn.Module):
     """forward(images) = forward_merge(*forward_split(images)).
 
@@ -76,6 +85,23 @@ class ImageTower(nn.Module):
         stay trainable when the tower is frozen."""
         return set()
 
+    # optional: a frozen prefix of blocks, cached once (engine/feature_cache.py)
+    def prefix_blocks(self) -> list[nn.Module]:
+        """The blocks ``forward_prefix`` can stop after, in order ([] = no prefix support)."""
+        return []
+
+    def stem_parameters(self) -> list[nn.Parameter]:
+        """Parameters that act before the first of ``prefix_blocks``."""
+        return []
+
+    def forward_prefix(self, images: torch.Tensor, blocks: int) -> torch.Tensor:
+        """(B, 3, H, W) -> activations after the first ``blocks`` blocks."""
+        raise NotImplementedError
+
+    def split_from_prefix(self, x: torch.Tensor, blocks: int) -> SplitFeatures:
+        """``forward_prefix``'s output -> what ``forward_split`` returns."""
+        raise NotImplementedError
+
 
 class TextTower(nn.Module):
     """tokenize(texts) -> tokens; forward(tokens) -> (N, output_dim), not normalised.
@@ -91,6 +117,15 @@ class TextTower(nn.Module):
         raise NotImplementedError
 
     def forward(self, tokens: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def token_ids(self, tokens: Any) -> torch.Tensor:  # optional: learnable prompts (CoOp)
+        """(N, L) token ids of ``tokens`` (positions line up with ``token_embeddings``)."""
+        raise NotImplementedError
+
+    def token_embeddings(self, tokens: Any) -> torch.Tensor:  # optional: learnable prompts (CoOp)
+        """(N, L, width) input embeddings of ``tokens``; ``forward(tokens, embeddings=...)`` takes them
+        (changed) in their place. Towers without it cannot learn prompts."""
         raise NotImplementedError
 
     def token_lengths(self, tokens: Any) -> Optional[torch.Tensor]:  # optional

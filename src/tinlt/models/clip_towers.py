@@ -111,6 +111,7 @@ class OpenCLIPImageTower(ImageTower):
                 "(supported: open_clip ModifiedResNet and VisionTransformer)"
             )
         self.output_dim = int(visual.output_dim)
+        self.prompts: Optional[nn.Module] = None  # VPT tokens (models/tuning/modules.py), ViT only
         self.pooled_token_only = self.kind == "vit" and self._class_token_pooling(visual)
         self.image_size = _square_size(visual.image_size, name)
         self.image_mean = tuple(float(m) for m in image_mean)
@@ -158,24 +159,51 @@ class OpenCLIPImageTower(ImageTower):
         c = x[:, :1] + blk.ls_1(a)
         c = c + blk.ls_2(blk.mlp(blk.ln_2(c)))
         return c[:, 0]
-    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
+    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module], first: int = 0) -> torch.Tensor:
+        """(B, N, D) tokens through ``blocks`` (block ``first`` onwards of the tower); VPT
+        prompts are inserted (or, deep, replaced) before each block."""
         transformer = self.visual.transformer
-        if not transformer.batch_first:
-            x = x.transpose(0, 1)  # NLD -> LND
-        for blk in blocks:
+        for i, blk in enumerate(blocks, start=first):
+            if self.prompts is not None:
+                x = self.prompts.insert(x, i)
+            if not transformer.batch_first:
+                x = x.transpose(0, 1)  # NLD -> LND
             if transformer.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        if not transformer.batch_first:
-            x = x.transpose(0, 1)
+            if not transformer.batch_first:
+                x = x.transpose(0, 1)
         return x
+
+    @property
+    def _n_prompts(self) -> int:
+        return self.prompts.n if self.prompts is not None else 0
 
     # -- contract ------------------------------------------------------------------
     def forward_split(self, images: torch.Tensor) -> SplitFeatures:
-        if self.kind == "resnet":
-            return SplitFeatures(self.forward_features(images), None)
+        return self.split_from_prefix(self.forward_prefix(images, 0), 0)
+
+    # -- a frozen prefix (feature cache) ---------------------------------------------
+    def prefix_blocks(self) -> list[nn.Module]:
         v = self.visual
+        if self.kind == "resnet":
+            return [b for layer in (v.layer1, v.layer2, v.layer3, v.layer4) for b in layer]
+        return list(v.transformer.resblocks[:-1])  # the last block belongs to forward_merge
+
+    def stem_parameters(self) -> list[nn.Parameter]:
+        v = self.visual
+        if self.kind == "resnet":
+            return [p for n in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3") for p in getattr(v, n).parameters()]
+        return [v.conv1.weight, v.class_embedding, v.positional_embedding, *v.ln_pre.parameters()]
+
+    def forward_prefix(self, images: torch.Tensor, blocks: int) -> torch.Tensor:
+        v = self.visual
+        if self.kind == "resnet":
+            x = v.stem(images)
+            for b in self.prefix_blocks()[:blocks]:
+                x = b(x)
+            return x
         height, width = images.shape[-2] // v.patch_size[0], images.shape[-1] // v.patch_size[1]
         if (height, width) != tuple(v.grid_size):
             raise TinltError(
@@ -183,8 +211,17 @@ class OpenCLIPImageTower(ImageTower):
                 f"{height}x{width} patch grid, but the ViT was built for {self.image_size}x{self.image_size}"
             )
         x = v._embeds(images)  # conv1 -> tokens, + class token, + positions, patch dropout, ln_pre
-        x = self._run_blocks(x, v.transformer.resblocks[:-1])
-        cls_token, patches = x[:, :1], x[:, 1:]
+        return self._run_blocks(x, v.transformer.resblocks[:blocks])
+
+    def split_from_prefix(self, x: torch.Tensor, blocks: int) -> SplitFeatures:
+        if self.kind == "resnet":
+            for b in self.prefix_blocks()[blocks:]:
+                x = b(x)
+            return SplitFeatures(x, None)
+        v = self.visual
+        x = self._run_blocks(x, v.transformer.resblocks[blocks:-1], first=blocks)
+        height, width = v.grid_size
+        cls_token, patches = x[:, :1 + self._n_prompts], x[:, 1 + self._n_prompts:]  # prompts travel aside
         fmap = patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
         return SplitFeatures(fmap, cls_token)
 
@@ -206,24 +243,22 @@ class OpenCLIPImageTower(ImageTower):
         v = self.visual
         tokens = fmap.flatten(2).transpose(1, 2)
         x = torch.cat([aside.to(tokens.dtype), tokens], dim=1)
+        last = len(v.transformer.resblocks) - 1
         if self.pooled_token_only:
+            if self.prompts is not None:
+                x = self.prompts.insert(x, last)
             pooled = v.ln_post(self._last_block_class_token(x))  # ln_post is per token: before or after pooling alike
             return pooled @ v.proj if v.proj is not None else pooled
-        x = self._run_blocks(x, v.transformer.resblocks[-1:])
+        x = self._run_blocks(x, v.transformer.resblocks[-1:], first=last)
+        if self.prompts is not None:  # pooling sees the class and patch tokens only
+            x = torch.cat([x[:, :1], x[:, 1 + self._n_prompts:]], dim=1)
         pooled, _ = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
         return pooled
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        if self.kind == "vit":
-            return self.forward_split(images).fmap
-        v = self.visual
-        x = v.stem(images)
-        x = v.layer1(x)
-        x = v.layer2(x)
-        x = v.layer3(x)
-        return v.layer4(x)
+        return self.forward_split(images).fmap
 
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         if self.kind == "vit":
@@ -320,8 +355,18 @@ class OpenCLIPTextTower(TextTower):
         # the causal mask keeps every column after the pooled token out of its output
         return self._pool_index(tokens) + 1 if self.truncation_exact else None
 
-    def forward(self, tokens: Any) -> torch.Tensor:
+    def token_ids(self, tokens: Any) -> torch.Tensor:
+        return tokens
+
+    def token_embeddings(self, tokens: Any) -> torch.Tensor:
         if self._delegate:
+            raise TinltError(f"model '{self.name}': this text tower cannot take learned prompts (model.coop)")
+        return self._parts().token_embedding(tokens)
+
+    def forward(self, tokens: Any, embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self._delegate:
+            if embeddings is not None:
+                raise TinltError(f"model '{self.name}': this text tower cannot take learned prompts (model.coop)")
             out = self.text(tokens)
             return out[0] if isinstance(out, tuple) else out
         m = self._parts()
@@ -332,7 +377,7 @@ class OpenCLIPTextTower(TextTower):
                 f"{m.positional_embedding.shape[0]}"
             )
         cast_dtype = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast_dtype)
+        x = (m.token_embedding(tokens) if embeddings is None else embeddings).to(cast_dtype)
         x = x + m.positional_embedding[:length].to(cast_dtype)
         mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
         x = m.transformer(x, attn_mask=mask)

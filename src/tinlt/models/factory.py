@@ -20,7 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from ..config import ModelConfig
 from ..errors import TinltError, did_you_mean
 from . import registry
+from .heads import prompt_rows
 from .tin import TIN
+from .tuning import tune_tower
 
 _offline_error: Optional[str] = None
 _offline_tried = False
@@ -121,12 +123,23 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
         learn_logit_scale=cfg.learn_logit_scale,
         truncate_text=cfg.truncate_text,
         text_buckets=cfg.text_buckets,
+        cosine_scale=cfg.cosine_scale,
+        coop_ctx=cfg.coop.n_ctx,
+        coop_position=cfg.coop.position,
     )
-    model.freeze(image=cfg.freeze_image, text=cfg.freeze_text)
+    init = cfg.classifier_init or ("text" if cfg.head == "cosine" else "")
+    if cfg.head != "text" and init == "text":  # the text tower is needed once, for the rows
+        if text_tower is None:
+            raise TinltError(f"model.classifier_init = 'text': model '{cfg.name}' has no text tower")
+        model.set_classifier_rows(prompt_rows(text_tower, classnames, tuple(cfg.templates)))
+    model.freeze(image=cfg.freeze_image or cfg.tune_image.method == "frozen",
+                 text=cfg.freeze_text or cfg.tune_text.method == "frozen")
+    for key, tower, tune in (("image", model.image_tower, cfg.tune_image), ("text", model.text_tower, cfg.tune_text)):
+        if tower is not None and tune.method not in ("", "full", "frozen"):  # models/tuning
+            model.tune(key, tune_tower(tower, tune, num_classes=len(classnames), key=key))
     if cfg.freeze_token_embeddings and model.text_tower is not None:
-        for m in model.text_tower.modules():
-            if isinstance(m, nn.Embedding) and m.num_embeddings >= 1000:  # vocabularies, not positions
-                m.weight.requires_grad_(False)
+        model.fix([f"text_tower.{n}" for n, m in model.text_tower.named_modules()
+                   if isinstance(m, nn.Embedding) and m.num_embeddings >= 1000], suffix=".weight")  # vocabularies
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if cfg.freeze_bn_stats:

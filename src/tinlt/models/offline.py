@@ -18,13 +18,13 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import TinltError
-from .base import ImageTower, TextTower
+from .base import ImageTower, SplitFeatures, TextTower
 from .registry import register_towers
 
 __all__ = [
@@ -192,6 +192,23 @@ class EfficientNetLiteTower(ImageTower):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(images)
 
+    def prefix_blocks(self) -> list[nn.Module]:
+        return [b for stage in self.trunk.blocks for b in stage]
+
+    def stem_parameters(self) -> list[nn.Parameter]:
+        return [*self.trunk.conv_stem.parameters(), *self.trunk.bn1.parameters()]
+
+    def forward_prefix(self, images: torch.Tensor, blocks: int) -> torch.Tensor:
+        x = self.trunk.bn1(self.trunk.conv_stem(images))
+        for b in self.prefix_blocks()[:blocks]:
+            x = b(x)
+        return x
+
+    def split_from_prefix(self, x: torch.Tensor, blocks: int) -> SplitFeatures:
+        for b in self.prefix_blocks()[blocks:]:
+            x = b(x)
+        return SplitFeatures(self.trunk.bn2(self.trunk.conv_head(x)), None)
+
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.proj(fmap.mean(dim=(2, 3)))
 
@@ -284,17 +301,27 @@ class MiniLMTextTower(TextTower):
         # padding is right-aligned and masked out of attention and the mean pool
         return tokens["attention_mask"].sum(dim=1)
 
-    def encode_pooled(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(N, 384) mean-pooled token states, before the projection (sentence-transformers' embedding, unnormalised)."""
+    def token_ids(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return tokens["input_ids"]
+
+    def token_embeddings(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.bert.embeddings.word_embeddings(tokens["input_ids"].to(self.proj.weight.device))
+
+    def encode_pooled(self, tokens: Mapping[str, torch.Tensor], embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, 384) mean-pooled token states, before the projection (sentence-transformers' embedding,
+        unnormalised); ``embeddings`` replace the word embeddings (position and type ones still add)."""
         device = self.proj.weight.device
         ids = tokens["input_ids"].to(device)
         mask = tokens["attention_mask"].to(device)
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        if embeddings is None:
+            hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            hidden = self.bert(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
-    def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.proj(self.encode_pooled(tokens))
+    def forward(self, tokens: Mapping[str, torch.Tensor], embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.proj(self.encode_pooled(tokens, embeddings))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         kwargs = {"use_reentrant": False}

@@ -28,7 +28,8 @@ from ..config import HEADS, check_choice
 from ..errors import TinltError
 from .adjust import tau_normalize_weight
 from .attention import GatedAttention
-from .base import ImageTower, SplitFeatures, TextTower
+from .heads import CosineHead, ensemble_prompts
+from .base import ImageTower, PrefixFeatures, SplitFeatures, TextTower
 from .text_buckets import plan_buckets, take
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
@@ -61,8 +62,9 @@ class TIN(nn.Module):
       templates: prompt templates with "{}" for the class name; features are averaged
         over templates (each prompt L2-normalised, the mean renormalised).
       visual_attention: insert GatedAttention on the image tower's last feature map.
-      head: "text" (prompt cosine classifier) or "linear" (nn.Linear on the normalised
-        image embedding).
+      head: "text" (prompt cosine classifier), "linear" (nn.Linear on the normalised
+        image embedding) or "cosine" (a learnable cosine classifier, models/heads.py).
+      cosine_scale: the cosine head's fixed logit scale.
       logit_scale: initial exp(logit_scale), stored as its log like CLIP, clamped at 100.
       learn_logit_scale: train it (else a fixed buffer).
       truncate_text: let the text tower drop padding that cannot change its output.
@@ -83,12 +85,16 @@ class TIN(nn.Module):
             learn_logit_scale: bool = True,
             truncate_text: bool = True,
             text_buckets: int = 4,
+            cosine_scale: float = 25.0,
+            coop_ctx: int = 0,
+            coop_position: str = "end",
     ):
         super().__init__()
         check_choice("model.head", head, HEADS)
         if head == "text" and text_tower is None:
             raise TinltError("model.head = 'text' needs a text tower")
         self.head_type = head
+        self.cosine_scale = float(cosine_scale)
         self.truncate_text = bool(truncate_text)
         if int(text_buckets) < 1:
             raise TinltError(f"model.text_buckets = {text_buckets}; must be >= 1")
@@ -97,7 +103,7 @@ class TIN(nn.Module):
         self.image_tower = image_tower
         self.text_tower = text_tower if head == "text" else None
         self.attention = GatedAttention(image_tower.feature_channels) if visual_attention else None
-        self.head: Optional[nn.Linear] = None
+        self.head: Optional[nn.Module] = None  # nn.Linear or CosineHead
         self.logit_scale: Optional[torch.Tensor]
         if head == "text":
             if not logit_scale > 0:
@@ -110,9 +116,10 @@ class TIN(nn.Module):
         else:
             self.logit_scale = None
 
-        # tower parameters that may train at all (open_clip fixes some, e.g. sin-cos positions)
-        self._trainable_by_design = {n for n, p in self.named_parameters() if p.requires_grad}
+        # tower parameters that never train (open_clip fixes some, e.g. sin-cos positions)
+        self._fixed_by_design = {n for n, p in self.named_parameters() if not p.requires_grad}
         self._frozen = {"image": False, "text": False}
+        self._tuned: dict[str, Optional[set[str]]] = {"image": None, "text": None}  # models/tuning
         self._bn_stats_frozen = False
         self._tau_norm: Optional[float] = None  # evaluation-time adjustment, see set_eval_adjustments
         self._token_names: list[str] = []
@@ -120,6 +127,11 @@ class TIN(nn.Module):
         self._tokens_version = 0
         self._text_cache: Optional[tuple[Any, torch.Tensor]] = None
         self.text_batch_size = 1024  # prompts per text-tower call
+        self.coop: Optional[nn.Module] = None  # learnable prompt context (models/coop.py)
+        if head == "text" and coop_ctx:
+            from .coop import PromptContext
+
+            self.coop = PromptContext(text_tower, _check_templates(templates)[0], coop_ctx, coop_position)
         self.templates: tuple[str, ...] = ()
         self.classnames: list[str] = []
         self.set_classnames(classnames, templates)
@@ -130,9 +142,16 @@ class TIN(nn.Module):
         return len(self.classnames)
 
     def prompts(self) -> list[str]:
-        """Class-major: prompt c * len(templates) + t is template t filled with class c."""
+        """Class-major: prompt c * len(templates) + t is template t filled with class c; with
+        learnable prompts (CoOp) one prompt per class around the context placeholders."""
+        if self.coop is not None:
+            return self.coop.prompts(self.classnames)
         names = [c.replace("_", " ") for c in self.classnames]
         return [t.replace("{}", n) for n in names for t in self.templates]
+
+    @property
+    def prompts_per_class(self) -> int:
+        return 1 if self.coop is not None else len(self.templates)
 
     def set_classnames(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None) -> None:
         """Set the label set (and optionally the templates); re-tokenises the prompts.
@@ -146,12 +165,17 @@ class TIN(nn.Module):
             self.templates = _check_templates(templates if templates is not None else ("a photo of a {}.",))
         self.classnames = names
         device = self._device()
-        if self.head_type == "linear":
+        if self.head_type != "text":
             if self.head is None or self.head.out_features != len(names):
                 dtype = next(self.image_tower.parameters(), torch.empty(0)).dtype
-                self.head = nn.Linear(self.image_tower.output_dim, len(names)).to(device=device, dtype=dtype)
+                dim = self.image_tower.output_dim
+                head = nn.Linear(dim, len(names)) if self.head_type == "linear" else \
+                    CosineHead(dim, len(names), scale=self.cosine_scale)
+                self.head = head.to(device=device, dtype=dtype)
         else:
             tokens = self.text_tower.tokenize(self.prompts(), truncate=self.truncate_text)
+            if self.coop is not None:
+                self.coop.check(self.text_tower.token_ids(tokens), names)
             self._set_tokens(tokens, device)
             self._set_buckets(device)
         self._text_cache = None
@@ -212,11 +236,14 @@ class TIN(nn.Module):
         return {k: self._buffers[n] for k, n in zip(self._token_keys, self._token_names)}
 
     # -- text ------------------------------------------------------------------------
+    def _text_parameters(self) -> list[nn.Parameter]:
+        return list(self.text_tower.parameters()) + (list(self.coop.parameters()) if self.coop is not None else [])
+
     def _text_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.text_tower.parameters())
+        return not any(p.requires_grad for p in self._text_parameters())
 
     def _cache_key(self) -> tuple:
-        params = tuple((p._version, p.data_ptr(), p.dtype) for p in self.text_tower.parameters())
+        params = tuple((p._version, p.data_ptr(), p.dtype) for p in self._text_parameters())
         return (self._tokens_version, self.text_tower.training, params)
 
     def _encode_prompts(self) -> torch.Tensor:
@@ -229,14 +256,18 @@ class TIN(nn.Module):
         for part in parts:
             n = (part if isinstance(part, torch.Tensor) else next(iter(part.values()))).shape[0]
             for start in range(0, n, self.text_batch_size):
-                chunks.append(self.text_tower(take(part, slice(start, start + self.text_batch_size))))
+                chunks.append(self._encode(take(part, slice(start, start + self.text_batch_size))))
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return out[self._buffers["text_bucket_inverse"]] if self._bucket_lengths else out
 
+    def _encode(self, tokens: Any) -> torch.Tensor:
+        if self.coop is None:
+            return self.text_tower(tokens)
+        embeddings = self.coop.fill(self.text_tower.token_ids(tokens), self.text_tower.token_embeddings(tokens))
+        return self.text_tower(tokens, embeddings=embeddings)
+
     def _compute_text_features(self) -> torch.Tensor:
-        feats = F.normalize(self._encode_prompts(), dim=-1)
-        feats = feats.reshape(len(self.classnames), len(self.templates), -1).mean(dim=1)
-        return F.normalize(feats, dim=-1)
+        return ensemble_prompts(self._encode_prompts(), len(self.classnames), self.prompts_per_class)
 
     def class_text_features(self) -> torch.Tensor:
         """(num_classes, D) L2-normalised template-ensembled class features."""
@@ -278,7 +309,7 @@ class TIN(nn.Module):
 
     def forward(
             self,
-            images: Union[torch.Tensor, SplitFeatures, ImageEmbedding],
+            images: Union[torch.Tensor, SplitFeatures, ImageEmbedding, PrefixFeatures],
             text_features: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes) logits. ``text_features`` (C, D) overrides the
@@ -288,6 +319,8 @@ class TIN(nn.Module):
         and forward_merge still run) or ``ImageEmbedding`` (forward_merge output)."""
         if isinstance(images, ImageEmbedding):
             image = F.normalize(images.embedding, dim=-1)
+        elif isinstance(images, PrefixFeatures):
+            image = self.encode_split(self.image_tower.split_from_prefix(images.x, images.blocks), normalize=True)
         elif isinstance(images, SplitFeatures):
             image = self.encode_split(images, normalize=True)
         else:
@@ -299,17 +332,32 @@ class TIN(nn.Module):
 
         In eval mode the evaluation-time adjustments apply (``set_eval_adjustments``)."""
         adjust = not self.training
-        if self.head_type == "linear":
-            if adjust and self._tau_norm is not None:
-                logits = F.linear(image, tau_normalize_weight(self.head.weight, self._tau_norm))  # bias dropped
-            else:
-                logits = self.head(image)
+        if self.head_type == "linear" and adjust and self._tau_norm is not None:
+            logits = F.linear(image, tau_normalize_weight(self.head.weight, self._tau_norm))  # bias dropped
+        elif self.head_type != "text":
+            logits = self.head(image)
         else:
             text = text_features if text_features is not None else self.class_text_features()
             text = F.normalize(text, dim=-1).to(image.dtype)
             logits = self.scale().to(image.dtype) * image @ text.t()
         offset = self._buffers.get("logit_offset")
         return logits.float() + offset if (adjust and offset is not None) else logits
+
+    @torch.no_grad()
+    def set_classifier_rows(self, rows: torch.Tensor) -> None:
+        """Start the linear or cosine head from (C, D) unit rows (model.classifier_init): a cosine
+        head takes them as they are; a linear head takes them times ``cosine_scale`` with zero
+        bias, so its first logits equal the cosine head's."""
+        if self.head_type == "text":
+            raise TinltError("model.classifier_init applies to model.head=linear or cosine; the text head's "
+                             "rows are its prompts' features")
+        if tuple(rows.shape) != tuple(self.head.weight.shape):
+            raise TinltError(f"model.classifier_init: rows of shape {tuple(rows.shape)} do not fit the head "
+                             f"{tuple(self.head.weight.shape)} (image and text embeddings must share a width)")
+        rows = F.normalize(rows.float(), dim=-1).to(self.head.weight)
+        self.head.weight.copy_(rows if self.head_type == "cosine" else rows * self.cosine_scale)
+        if getattr(self.head, "bias", None) is not None:
+            self.head.bias.zero_()
 
     def set_eval_adjustments(self, *, tau_norm: Optional[float] = None,
                              logit_offset: Optional[torch.Tensor] = None) -> None:
@@ -341,14 +389,35 @@ class TIN(nn.Module):
         tower reports in ``new_parameter_names()`` stay trainable.
         """
         self._frozen = {"image": bool(image), "text": bool(text)}
+        self._refresh_trainable()
+
+    def tune(self, key: str, trainable: set[str]) -> None:
+        """Train only these parameters of the ``key`` tower ("image" or "text"; names as in the
+        tower's named_parameters()), plus its new_parameter_names(); models/tuning decides
+        them. Like a frozen tower, a tuned one keeps its statistics and dropout in eval mode."""
+        self._tuned[key] = set(trainable)
+        self._refresh_trainable()
+
+    def is_tuned(self, key: str) -> bool:
+        """Whether the ``key`` tower trains by a lightweight method (``tune``), not fully or frozen."""
+        return self._tuned[key] is not None
+
+    def fix(self, names, suffix: str = "") -> None:
+        """Never train these parameters (full names, each + ``suffix``), whatever freeze/tune say."""
+        self._fixed_by_design |= {f"{n}{suffix}" for n in names}
+        self._refresh_trainable()
+
+    def _refresh_trainable(self) -> None:
         for key, tower in self._towers():
             if tower is None:
                 continue
-            new = tower.new_parameter_names()
-            prefix = f"{key}_tower."
+            new, tuned = tower.new_parameter_names(), self._tuned[key]
             for name, p in tower.named_parameters():
-                trainable = prefix + name in self._trainable_by_design
-                p.requires_grad = trainable and (not self._frozen[key] or name in new)
+                if self._frozen[key]:
+                    train = name in new
+                else:
+                    train = tuned is None or name in tuned or name in new
+                p.requires_grad = train and f"{key}_tower.{name}" not in self._fixed_by_design
         self.train(self.training)
         self._text_cache = None
 
@@ -361,7 +430,7 @@ class TIN(nn.Module):
     def train(self, mode: bool = True) -> "TIN":
         super().train(mode)
         for key, tower in self._towers():
-            if tower is not None and self._frozen[key]:
+            if tower is not None and (self._frozen[key] or self._tuned[key] is not None):
                 tower.eval()
         if self._bn_stats_frozen:
             for m in self.image_tower.modules():
