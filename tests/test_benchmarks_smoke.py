@@ -77,3 +77,13 @@ def test_gpu_train_script_on_cpu_and_without_a_gpu():
         rc, out, err = _run("gpu_train.py", ok=False)
         assert rc == 1 and not out and err == [
             "gpu_train.py: no CUDA GPU is visible (torch.cuda.is_available() is False); nothing was measured"]
+
+
+def test_bench_tuning_tiny():
+    _, lines, _ = _run("bench_tuning.py", "--model", "tiny-rn", "--batch", "4", "--steps", "1", "--warmup", "0",
+                       "--images", "12", "--blocks", "2", "--epochs", "2", "--methods", "full,lora,last_k,frozen")
+    rows = {ln.split()[0]: ln.split() for ln in lines if ln.split() and ln.split()[0] in ("full", "frozen", "last_k")}
+    assert rows["frozen"][1] == "0" and rows["full"][2] == "100%"  # trainable count and share columns
+    for name in ("last_k", "lora"):  # the cached prefix gives the uncached losses
+        assert _number(lines, rf"^{name}\s+uncached.*max \|loss diff\| (\S+)") <= 1e-5
+    assert lines[-1].startswith("epoch speed-up from the frozen-prefix cache")

@@ -258,20 +258,12 @@ def _parity_probe(eval_samples, eval_name: str, eval_tf, parity_images: int, siz
     return probe, f"{len(probe)} random inputs ({eval_name})"
 
 
-def _write_fp32(wrapper, out: Path, metadata: dict, probe: torch.Tensor, source: str, *, size: int, opset: int,
-                tolerance: float) -> dict:
-    """Export (LoRA / SSF merged into plain weights first), check parity on ``probe`` against
-    the unmerged model, and write ``out`` with its metadata; the parity record."""
-    import copy
-
+def _write_fp32(wrapper, graph, out: Path, metadata: dict, probe: torch.Tensor, source: str, *, size: int,
+                opset: int, tolerance: float) -> dict:
+    """Export ``graph`` (the model with LoRA / SSF merged into plain weights), check parity on
+    ``probe`` against ``wrapper`` (the unmerged model), and write ``out``; the parity record."""
     import onnx
 
-    from ..models.tuning import merge
-
-    graph = wrapper
-    if any(True for _ in _parametrized(wrapper)):
-        graph = copy.deepcopy(wrapper)
-        metadata["merged_parametrizations"] = merge(graph)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         raw = export_graph(graph, Path(tmp) / "raw.onnx", size, opset)
         parity = check_parity(wrapper, raw, probe, tolerance)
@@ -291,10 +283,21 @@ def _write_fp32(wrapper, out: Path, metadata: dict, probe: torch.Tensor, source:
     return parity
 
 
-def _parametrized(module: nn.Module):
+def _merged_copy(wrapper: nn.Module, checkpoint: Path, overrides: Sequence[str], metadata: dict):
+    """The export graph's model: a second load of the checkpoint with every parametrization
+    (LoRA, SSF) merged into its weight (exact). A second load, not a deep copy: parametrized
+    modules share a generated class with their copies, and unparametrizing one would strip
+    the other."""
     from torch.nn.utils import parametrize
 
-    return (m for m in module.modules() if parametrize.is_parametrized(m))
+    from ..engine.inference import load_model
+    from ..models.tuning import merge
+
+    if not any(parametrize.is_parametrized(m) for m in wrapper.modules()):
+        return None
+    model, _, _ = load_model(checkpoint, overrides=overrides)
+    metadata["merged_parametrizations"] = merge(model)
+    return ExportWrapper(model).eval()
 
 
 def _calibration_images(cfg, eval_tf, calib_images: int, quiet: bool) -> Optional[np.ndarray]:
@@ -392,7 +395,8 @@ def export_checkpoint(
              "runs each view through the graph and averages the logits; the graph itself takes one view", quiet=quiet)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    parity = _write_fp32(wrapper, out, metadata, probe, source, size=size, opset=opset, tolerance=tolerance)
+    graph = _merged_copy(wrapper, checkpoint, overrides, metadata) or wrapper
+    parity = _write_fp32(wrapper, graph, out, metadata, probe, source, size=size, opset=opset, tolerance=tolerance)
     diff = parity["max_abs_logit_diff"]
     extra = ""
     if parity["fp64"] is not None:

@@ -121,6 +121,18 @@ def model_state(model: torch.nn.Module, trainable_only: bool = False) -> dict:
     return type(state)((k, v) for k, v in state.items() if k in keep)
 
 
+def check_lean(cfg) -> None:
+    """``train.save_trainable_only`` needs base weights that can be loaded again: an open_clip
+    checkpoint (``model.pretrained``) or the offline towers' packaged weights, not random ones."""
+    from ..models.registry import registered_names
+
+    m = cfg.model
+    packaged = m.name in registered_names() and m.get("pretrained_image", True) and m.get("pretrained_text", True)
+    if cfg.train.get("save_trainable_only", False) and not (m.get("pretrained") or packaged):
+        raise TinltError(f"config key 'train.save_trainable_only' needs base weights to point to, but model "
+                         f"'{m.name}' starts from random weights (set model.pretrained, or save whole checkpoints)")
+
+
 def model_entries(model: torch.nn.Module, cfg) -> dict:
     """A checkpoint's model entries: ``model`` (all tensors, or with ``train.save_trainable_only``
     the tuned ones), ``trainable_only``, and ``base``, the weights a lean checkpoint points to."""

@@ -39,6 +39,7 @@ def claim(run: RunFolder, cfg, ckpt: Optional[dict], *, fresh: bool, main: bool,
     take effect); a new one never lands on an old run's results (``fresh`` clears them)."""
     from .run_folder import CONFIG, RUN_INFO
 
+    ckpt_io.check_lean(cfg)
     if ckpt is not None:
         return check_config(ckpt["config"], cfg)
     held = run.holds_results()
