@@ -79,14 +79,18 @@ def test_summarize_counts_with_empty_class_and_format():
     assert s["groups"] == {"many": 1, "medium": 1, "few": 3}
     text = format_summary(s, counts)
     assert "333.3" in text and "many 1 | medium 1 | few 3" in text
-    hist = [ln for ln in text.splitlines() if " | " in ln and ln.strip()[0].isdigit()]
-    # every class is in exactly one histogram row; the empty class gets its own "0" row
-    totals = [int(ln.rsplit(None, 1)[1]) for ln in hist]
-    assert sum(totals) == 5
-    assert hist[0].split("|")[0].strip() == "0" and totals[0] == 1
-    # bar lengths follow the row totals
-    bars = [ln.split("|")[1].count("#") for ln in hist]
-    assert bars[totals.index(max(totals))] == max(bars)
+    # few classes: one bar per class, named, with its count and group; bar length ~ count (40 = the largest)
+    rows = [ln for ln in text.splitlines() if " | " in ln and ln.strip()[0].isdigit()]
+    assert len(rows) == 5
+    for ln, n, g in zip(rows, counts, ["many", "few", "few", "medium", "few"]):
+        left, right = ln.split(" | ")
+        assert right.split()[-2:] == [str(n), g]
+        assert right.count("#") == round(40 * n / 1000)
+    # many classes: a histogram of class sizes instead, every class in one row
+    many = [int(x) for x in np.random.default_rng(0).integers(1, 500, 40)]
+    hist = format_summary(summarize(many, many_threshold=100, few_threshold=20, mode="absolute"), many)
+    rows = [ln for ln in hist.splitlines() if " | " in ln and ln.strip()[0].isdigit()]
+    assert sum(int(ln.rsplit(None, 1)[1]) for ln in rows) == 40
 
 
 def test_format_histogram_ranges_cover_counts():

@@ -210,8 +210,11 @@ def test_validate_folder_split(tmp_path):
     expected = _bad_files(root)
     (root / "grey_thing").mkdir()  # an empty class folder
     (root / "red_thing" / "README.txt").write_text("notes")  # not an image extension
-    samples = load_folder(root)
-    assert samples.classnames == ["blue thing", "green thing", "grey thing", "red thing"]
+    with pytest.raises(TinltError, match=r"grey_thing: class folder holds no images"):
+        load_folder(root)  # would silently add a class
+    names = ["blue thing", "green thing", "grey thing", "red thing"]
+    samples = load_folder(root, classnames=names)  # listed on purpose: kept, and the check warns
+    assert samples.classnames == names
     r = validate_samples(samples, split_name="data.train", workers=2)
     errors = {Path(p.item).relative_to(root).as_posix(): p.reason for p in r.errors}
     assert errors.keys() == expected.keys()

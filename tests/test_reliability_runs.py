@@ -32,7 +32,7 @@ from tinlt.cli import main
 
 def _one_line_error(capsys) -> str:
     """The one error line (notes that say what a resume changes may precede it)."""
-    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("tinlt: note:")]
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith(("tinlt: note:", "tinlt: warning:"))]
     assert len(lines) == 1 and lines[0].startswith("tinlt: error:") and "Traceback" not in lines[0], lines
     return lines[0]
 
@@ -131,12 +131,10 @@ def test_a_second_trainer_on_a_locked_folder_fails_at_once(dataset, tmp_path, ca
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, env=_env())
     try:
         assert holder.stdout.readline().strip() == b"held"
-        t0 = time.perf_counter()
         assert _train(dataset, run) == 2
-        elapsed = time.perf_counter() - t0
+        assert holder.poll() is None  # refused while the holder still runs: it did not wait for the lock
         err = _one_line_error(capsys)
         assert f"PID {holder.pid}" in err and "in use by another tinlt run" in err
-        assert elapsed < 1.0, f"the lock was found after {elapsed:.2f}s"
         assert not (run / "config.yaml").exists()  # nothing written by the refused trainer
     finally:
         holder.kill()

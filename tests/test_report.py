@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -141,8 +142,9 @@ def test_html_stands_alone_and_shows_every_figure(multi_run):
     assert "script" not in refs.tags and refs.external == []  # no external CSS/JS/fonts, no links out
     assert "http://" not in page and "https://" not in page
     pngs = {p.name for p in dest.glob("*.png")}
-    assert set(refs.imgs) == pngs  # every figure shown, nothing else referenced
-    for src in refs.imgs:
+    files = [i for i in refs.imgs if not i.startswith("data:image/png;base64,")]  # mistakes' inline thumbnails
+    assert set(files) == pngs  # every figure shown, nothing else referenced
+    for src in files:
         assert not Path(src).is_absolute() and (dest / src).is_file()
     md = (dest / "report.md").read_text()
     for name in pngs:
@@ -261,10 +263,15 @@ def test_two_class_report_has_pr_and_roc(binary_run):
 
 
 def test_threshold_operating_point(binary_run, tmp_path):
+    from tinlt import fileio
+
     run = tmp_path / "run"
     shutil.copytree(binary_run, run, ignore=shutil.ignore_patterns("*.pt", "tensorboard", "report"))
+    ckpt = run / "calibrated.pt"
+    ckpt.write_bytes(b"weights with a threshold")
     m = json.loads((run / "metrics.json").read_text())
-    m["threshold"] = 0.4
+    m["at_threshold"] = {"threshold": 0.4, "rule": "p(rare clamp) >= 0.4", "binary": m["binary"]}
+    m["checkpoint"] = {"path": str(ckpt), "sha256": fileio.sha256(ckpt)}
     (run / "metrics.json").write_text(json.dumps(m))
     rf = report.load_run(run)
     fig = report.fig_pr_roc(rf, [])
@@ -279,16 +286,17 @@ def test_threshold_operating_point(binary_run, tmp_path):
     assert line.get_ydata()[0] == pytest.approx(tp / (tp + fp) if tp + fp else 1.0)
     roc_line = next(l for l in roc_ax.get_lines() if l.get_label() == "threshold 0.4")
     assert roc_line.get_xdata()[0] == pytest.approx(fp / (~y).sum())
-    # without the key: no such marker, and no error
-    del m["threshold"]
-    (run / "metrics.json").write_text(json.dumps(m))
-    fig = report.fig_pr_roc(report.load_run(run), [])
-    assert not any(l.get_label().startswith("threshold") for l in fig.axes[0].get_lines())
-    # tinlt calibrate's file in the run folder marks the same point
+    assert report.operating_rows(rf)[0][0] == "threshold 0.4 (calibrated)"
+    # the checkpoint was re-calibrated since (other bytes): that evaluation is stale, nothing is marked
+    ckpt.write_bytes(b"weights with another threshold")
+    rf = report.load_run(run)
+    assert report.operating_point(rf) is None
+    assert not any(l.get_label().startswith("threshold") for l in report.fig_pr_roc(rf, []).axes[0].get_lines())
+    assert [r[0] for r in report.operating_rows(rf)] == ["argmax"]
+    # a side file is never read: an old calibration.json marks nothing
     (run / "calibration.json").write_text(json.dumps({"threshold": 0.4, "target_recall": 0.95}))
     fig = report.fig_pr_roc(report.load_run(run), [])
-    line = next(l for l in fig.axes[0].get_lines() if l.get_label() == "threshold 0.4")
-    assert line.get_xdata()[0] == pytest.approx(tp / y.sum())
+    assert not any(l.get_label().startswith("threshold") for l in fig.axes[0].get_lines())
 
 
 # --------------------------------------------------------------------------- compare
@@ -309,6 +317,16 @@ def test_compare_table_and_plot(multi_run, binary_run, tmp_path, capsys):
     assert "| multi0/run |" in md and "per_class_accuracy.png" in md
     _check_png(out / "per_class_accuracy.png")
     assert "compare.csv" in capsys.readouterr().out
+    # the HTML page: the same table, the rare-class columns of the two-class run, the configs' differences
+    page = (out / "index.html").read_text()
+    refs = _Refs()
+    refs.feed(page)
+    assert refs.imgs == ["per_class_accuracy.png"] and "script" not in refs.tags
+    b = json.loads((binary_run / "metrics.json").read_text())["binary"]
+    assert float(rows[1]["rare_auc"]) == pytest.approx(b["auc"], abs=1e-4) and rows[0]["rare_auc"] == ""
+    assert "<th>AUC</th>" in page and "Config differences" in page
+    # the two runs' configs differ in their data paths and thresholds; both rows name them
+    assert "data.many_threshold" in md and "data.train.path" in md
 
 
 # --------------------------------------------------------------------------- TensorBoard
@@ -342,8 +360,8 @@ def test_tensorboard_missing_is_a_one_line_error(multi_run, monkeypatch, capsys,
     argv = ["train", "--config", str(multi_run / "config.yaml"), f"train.output_dir={tmp_path / 'r'}",
             "train.tensorboard=true"]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tinlt: error:") and "\n" not in err and "pip install tinlt[tensorboard]" in err
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("tinlt: warning:")]
+    assert len(err) == 1 and err[0].startswith("tinlt: error:") and "pip install tinlt[tensorboard]" in err[0]
 
 
 def test_a_failing_report_only_warns(multi_run, monkeypatch, capsys, tmp_path):
@@ -369,24 +387,37 @@ def _chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install chromium")
-def test_page_renders_in_a_headless_browser(multi_run, tmp_path):
-    dest = multi_run / "report"
-    pngs = sorted(p.name for p in dest.glob("*.png"))
-    # a copy of the page, next to it so relative links resolve, that records whether every image decoded
-    probe = dest / "_probe.html"
+def _render(page: Path, tmp_path: Path, name: str) -> str:
+    """Load ``page`` in a 1,200 px wide headless browser; returns 'ok:<images>:<scrollWidth>' or 'broken:...'."""
+    probe = page.parent / f"_probe_{name}.html"
     script = ("<script>window.addEventListener('load',()=>{const im=[...document.images];"
-              "const bad=im.filter(i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.getAttribute('src'));"
-              "document.body.setAttribute('data-probe',bad.length?'broken:'+bad.join(','):'ok:'+im.length);});"
+              "const bad=im.filter(i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.getAttribute('src').slice(0,40));"
+              "const w=document.documentElement.scrollWidth;"
+              "document.body.setAttribute('data-probe',bad.length?'broken:'+bad.join(','):'ok:'+im.length+':'+w);});"
               "</script></body>")
-    probe.write_text((dest / "index.html").read_text().replace("</body>", script))
+    probe.write_text(page.read_text().replace("</body>", script))
     try:
-        res = _chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), user_dir=tmp_path / "u1")
+        res = _chromium("--window-size=1200,900", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+                        user_dir=tmp_path / f"u_{name}")
         assert res.returncode == 0, res.stderr[-2000:]
-        assert f'data-probe="ok:{len(pngs)}"' in res.stdout, res.stdout[-500:]
+        found = re.search(r'data-probe="([^"]*)"', res.stdout)
+        assert found, res.stdout[-500:]
+        return found.group(1)
     finally:
         probe.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install chromium")
+def test_page_renders_in_a_headless_browser(multi_run, binary_run, tmp_path):
+    # every image decodes, and the page fits a 1,200 px window (no horizontal scrolling)
+    for run in (multi_run, binary_run):
+        page = run / "report" / "index.html"
+        refs = _Refs()
+        refs.feed(page.read_text())
+        state, n, width = _render(page, tmp_path, run.parent.name).split(":")
+        assert (state, int(n)) == ("ok", len(refs.imgs))
+        assert int(width) <= 1200, f"{page}: scroll width {width} px in a 1,200 px window"
 
 
 # --------------------------------------------------------------------------- many classes, no model needed

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint; writes metrics.json")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
+    p.add_argument("--prevalence", type=float, default=None,
+                   help="two classes: the rare class's share where the model is used (precision depends on it)")
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.test.path=other.txt")
     p.add_argument("--quiet", "-q", action="store_true")
     add_trust_arg(p)
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="preds.csv or preds.json (default: table to the terminal)")
+    p.add_argument("--sort-by", default=None, metavar="CLASS",
+                   help="rank the images by this class's probability, highest first (e.g. --sort-by rusty)")
     add_trust_arg(p)
 
     p = sub.add_parser("data", help="dataset tools")
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--few", type=int, default=20, help="few: count < FEW")
     q.add_argument("--groups", default="auto", choices=["auto", "absolute", "relative"])
     q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--full", action="store_true", help="decode every image (default: the fast header check)")
+    q.add_argument("--no-check", action="store_true", help="count listed files without opening them")
 
     p = sub.add_parser("demo", help="offline demo: TIN vs a cross-entropy baseline on Fashion-MNIST-LT")
     p.add_argument("--variant", default="fmnist_lt", choices=["fmnist_lt", "fmnist_clamp", "both"])
@@ -109,7 +115,7 @@ def _cmd_train(a) -> int:
 def _cmd_eval(a) -> int:
     from .engine.inference import evaluate_checkpoint
 
-    evaluate_checkpoint(a.checkpoint, a.overrides, out_dir=a.out, quiet=a.quiet)
+    evaluate_checkpoint(a.checkpoint, a.overrides, out_dir=a.out, quiet=a.quiet, prevalence=a.prevalence)
     return 0
 
 
@@ -125,7 +131,7 @@ def _cmd_zeroshot(a) -> int:
 def _cmd_predict(a) -> int:
     # onnx_predict is torch-free: the --model path must never import torch
     from .deploy.onnx_predict import OnnxClassifier
-    from .deploy.types import format_predictions, write_predictions
+    from .deploy.types import format_predictions, sort_rows, write_predictions
 
     if a.topk < 1 or a.batch_size < 1:
         raise TinltError("--topk and --batch-size must be >= 1")
@@ -137,6 +143,8 @@ def _cmd_predict(a) -> int:
         from .deploy.predict import predict_paths
 
         rows = predict_paths(a.checkpoint, a.inputs, topk=a.topk, batch_size=a.batch_size)
+    if a.sort_by:
+        rows = sort_rows(rows, a.sort_by)
     decided = next((r["prediction"] for r in rows if "prediction" in r), None)
     note = ""
     if decided:
@@ -150,6 +158,8 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_data(a) -> int:
+    import numpy as np
+
     from .data import inspect as data_inspect
     from .data.sources import load_csv, load_folder, load_list
 
@@ -158,8 +168,15 @@ def _cmd_data(a) -> int:
     elif a.train_csv:
         samples = load_csv(a.train_csv, classnames_file=a.classnames)
     else:
-        samples = load_folder(a.train_folder)
+        samples = load_folder(a.train_folder, classnames=a.classnames)
+    bad = [] if a.no_check else data_inspect.check_decodable(samples, full=a.full)
+    if bad:  # unusable files are not images: count what training would use
+        keep = np.ones(len(samples), dtype=bool)
+        drop = {f for f, _ in bad}
+        keep[[i for i, p in enumerate(samples.items) if str(p) in drop]] = False
+        samples = samples.subset(np.flatnonzero(keep))
     summary = data_inspect.summarize(samples, many_threshold=a.many, few_threshold=a.few, mode=a.groups)
+    summary["unreadable"] = [{"file": f, "reason": r} for f, r in bad]
     if a.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -210,6 +227,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TinltError as e:
         print(f"tinlt: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tinlt models | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")  # so the interpreter's final flush does not fail again
+        return 0
     except OSError as e:  # the user's files and disks; a bug would be another exception type
         where = f"{e.filename}: " if e.filename else ""
         print(f"tinlt: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -78,7 +78,7 @@ SPLIT_KEYS = ("data.train", "data.val", "data.test")
 class SplitConfig:
     """Where one split comes from. ``kind`` empty means the split is not used."""
 
-    kind: str = ""  # list | folder | csv | fashion_mnist
+    kind: str = ""  # list | folder | csv | fashion_mnist; data.val also: holdout (from data.train)
     path: str = ""  # list file, folder root, CSV file, or folder holding the IDX files
     root: str = ""  # image root that list/CSV paths are relative to (default: the file's folder)
     classnames: str = ""  # one class name per line, in label order
@@ -88,6 +88,8 @@ class SplitConfig:
     lt_ratio: float = 100.0
     counts: List[int] = field(default_factory=list)  # explicit per-class caps (override lt_*)
     per_class_limit: int = 0  # keep at most this many per class (e.g. a quick test subset); 0 = all
+    fraction: float = 0.1  # data.val.kind=holdout: share of each class's training images (>= 1) held out
+    seed: int = -1  # data.val.kind=holdout: the split's seed; -1 = train.seed
 
 
 @dataclass
@@ -228,6 +230,8 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs: pip install tinlt[tensorboard])
     # evaluation-time classifier adjustments (tinlt/models/adjust.py), applied in every evaluation
     posthoc_tau: float = 0.0  # post-hoc logit adjustment: logits - tau * log(train prior); 0 = off
+    posthoc_tau_grid: List[float] = field(default_factory=list)  # choose posthoc_tau from these on data.val
+    early_stopping: int = 0  # stop after this many evaluations without a better val score; 0 = off
     tau_norm: Optional[float] = None  # linear head: tau-normalise the weight rows w_c / ||w_c||^tau, bias dropped
 
 
@@ -251,12 +255,29 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+# what people type for a key, and the key they mean (checked before spelling matches)
+SYNONYMS = {"learning_rate": "lr", "lr_rate": "lr", "base_lr": "lr", "num_epochs": "epochs", "n_epochs": "epochs",
+            "max_epochs": "epochs", "bs": "batch_size", "batchsize": "batch_size", "wd": "weight_decay",
+            "img_size": "image_size", "resolution": "image_size", "size": "image_size", "workers": "num_workers",
+            "out_dir": "output_dir", "output": "output_dir", "backbone": "name", "arch": "name", "optimizer": "name"}
+
+
 def _hint(bad_key: str) -> str:
+    """The key meant: a synonym (learning_rate -> lr), a leaf in its own section, then the
+    same leaf in another section (train.epochs -> optim.epochs), then the closest full key."""
     valid = _all_keys(OmegaConf.structured(Config))
-    close = close_matches(bad_key, valid)
-    if not close:  # try the last component alone, e.g. "loss.pp" -> "loss.p"
-        leaves = {k.split(".")[-1]: k for k in valid}
-        close = [leaves[m] for m in close_matches(bad_key.split(".")[-1], leaves, cutoff=0.6)]
+    section, _, leaf = bad_key.rpartition(".")
+    leaf = SYNONYMS.get(leaf, leaf)
+    by_section: dict[str, list[str]] = {}
+    for k in valid:
+        by_section.setdefault(k.rpartition(".")[0], []).append(k)
+    own = {k.rpartition(".")[2]: k for k in by_section.get(section, [])}
+    others = {}
+    for k in valid:
+        others.setdefault(k.rpartition(".")[2], k)
+    close = ([own[leaf]] if leaf in own else [own[m] for m in close_matches(leaf, own, cutoff=0.75)]
+             or ([others[leaf]] if leaf in others else [others[m] for m in close_matches(leaf, others, cutoff=0.75)])
+             or close_matches(bad_key, valid))
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -273,6 +294,21 @@ def _explain(exc: OmegaConfBaseException, where: str) -> TinltError:
     return TinltError(f"{where}: {msg}")
 
 
+def bundled_configs() -> list[str]:
+    """Names of the configs that ship with tinlt (``-c NAME``), grids included."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def _nested(dotted: str) -> dict:
+    out: dict = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = None
+    return out
+
+
 def resolve_config_path(name: str | Path) -> Path:
     p = Path(name)
     if p.is_file():
@@ -280,7 +316,58 @@ def resolve_config_path(name: str | Path) -> Path:
     for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
         if cand.is_file():
             return cand
-    raise TinltError(f"config file not found: {name} (nor in bundled configs: {CONFIG_DIR})")
+    names = [n for n in bundled_configs() if not n.startswith("grids/")]
+    raise TinltError(f"config file not found: {name}{did_you_mean(str(name), bundled_configs(), n=2)} "
+                     f"(bundled: {', '.join(names)})")
+
+
+def _unknown_keys(data: Any, schema: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``data`` that the schema does not have (all of them, not just the first)."""
+    out = []
+    if not isinstance(data, dict):
+        return out
+    for k, v in data.items():
+        full = f"{prefix}{k}"
+        if not isinstance(schema, DictConfig) or k not in schema:
+            out.append(full)
+        elif isinstance(v, dict) and isinstance(schema[k], DictConfig):
+            out += _unknown_keys(v, schema[k], full + ".")
+    return out
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """1-based line of every (dotted) key in a YAML file."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                full = f"{prefix}{k.value}"
+                lines[full] = k.start_mark.line + 1
+                walk(v, full + ".")
+
+    try:
+        walk(yaml.compose(path.read_text()), "")
+    except (yaml.YAMLError, OSError):
+        pass
+    return lines
+
+
+def _check_keys(data: dict, where: Path) -> None:
+    """Every unknown key of one YAML layer in one message, each with its line and a hint."""
+    bad = _unknown_keys(data, OmegaConf.structured(Config))
+    if bad:
+        at = _key_lines(where)
+        valid = set(_all_keys(OmegaConf.structured(Config)))
+
+        def why(k: str) -> str:
+            if k in valid:  # "model.name: x" in YAML is one key with dots in it, not model -> name
+                head, _, leaf = k.partition(".")
+                return f", a dotted key: nest it ({head}: {{{leaf}: ...}})"
+            return _hint(k).replace("; did you mean", ", did you mean")
+
+        listed = "; ".join(f"'{k}' (line {at.get(k, '?')}){why(k)}" for k in bad)
+        raise TinltError(f"{where}: unknown config key{'s' if len(bad) > 1 else ''} {listed}")
 
 
 def _read_yaml_layers(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
@@ -312,6 +399,7 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
     cfg = OmegaConf.structured(Config)
     if path is not None:
         for layer_path, data in _read_yaml_layers(resolve_config_path(path)):
+            _check_keys(data, layer_path)
             try:
                 cfg = OmegaConf.merge(cfg, data)
             except OmegaConfBaseException as e:
@@ -320,6 +408,11 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
         for ov in overrides:
             if "=" not in ov:
                 raise TinltError(f"override '{ov}' is not of the form key=value")
+        unknown = [ov.split("=", 1)[0].strip() for ov in overrides
+                   if _unknown_keys(_nested(ov.split("=", 1)[0].strip()), OmegaConf.structured(Config))]
+        if len(unknown) > 1:  # all at once; a single one gets OmegaConf's message below
+            raise TinltError("command line: unknown config keys " + "; ".join(f"'{k}'{_hint(k)}".replace(
+                "; did you mean", ", did you mean") for k in unknown))
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as e:
@@ -344,7 +437,7 @@ def validate(cfg: DictConfig) -> None:
     for key in SPLIT_KEYS:
         kind = str(OmegaConf.select(cfg, f"{key}.kind") or "")
         if kind:
-            check_choice(f"{key}.kind", kind, SPLIT_KINDS)
+            check_choice(f"{key}.kind", kind, SPLIT_KINDS + (("holdout",) if key == "data.val" else ()))
     if cfg.optim.epochs < 1 and cfg.train.max_steps < 1:
         raise TinltError("config key 'optim.epochs' must be >= 1")
     if not 0 < cfg.optim.lr < 3.4e38:  # beyond float32 the optimizer itself fails

@@ -110,6 +110,26 @@ def roc_curve(scores_pos: Any, is_pos: Any) -> tuple[np.ndarray, np.ndarray, np.
     return fpr, tpr, np.r_[np.inf, thresholds]
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> Optional[tuple[float, float]]:
+    """The Wilson score interval (95% by default) of a proportion; None for no trials."""
+    if trials <= 0:
+        return None
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def precision_at_prevalence(recall: Optional[float], fpr: Optional[float], prevalence: float) -> Optional[float]:
+    """The precision the same recall and false-positive rate give where a share ``prevalence``
+    of the images are positive (a balanced test set overstates precision for a rare class)."""
+    if recall is None or fpr is None or not 0 < prevalence < 1:
+        return None
+    hits, false_alarms = recall * prevalence, fpr * (1 - prevalence)
+    return hits / (hits + false_alarms) if hits + false_alarms else None
+
+
 def _binary(
     confusion: np.ndarray,
     train_counts: np.ndarray,
@@ -136,17 +156,26 @@ def _binary(
             raise TinltError(f"compute_metrics: scores must be (N, 2) for {tg.shape[0]} targets, got {sc.shape}")
         # difference of the two columns ranks like the softmax probability, for probabilities and logits alike
         auc = roc_auc(sc[:, pos] - sc[:, neg], tg == pos)
+    tn = int(confusion[neg, neg])
+    fpr = fp / (fp + tn) if fp + tn else None
+    prior = float(train_counts[pos]) / float(train_counts.sum()) if train_counts.sum() else 0.0
+    ci = wilson_interval(tp, tp + fn)
     return {
         "positive_class": pos,
         "positive_name": str(classnames[pos]),
         "tp": tp,
         "fp": fp,
         "fn": fn,
-        "tn": int(confusion[neg, neg]),
+        "tn": tn,
         "precision": precision,
         "recall": recall,
+        "recall_ci95": list(ci) if ci else None,
+        "positives": tp + fn,
+        "fpr": fpr,
         "f1": f1,
         "auc": auc,
+        "train_prevalence": prior,
+        "precision_at_train_prevalence": precision_at_prevalence(recall, fpr, prior),
     }
 
 

@@ -1,9 +1,9 @@
 """Reports a person wants to look at: figures, a stand-alone HTML page and Markdown for runs.
 
 Owns :func:`build_report` (``tinlt report``: one run folder -> ``report/`` with PNG figures,
-``index.html`` and ``report.md``) and :func:`compare_runs` (``tinlt compare``: a table and an
-overlaid per-class accuracy plot of several runs). Also owns the figure functions the
-TensorBoard logger reuses (:func:`run_figures`).
+``index.html`` and ``report.md``), the figure functions the TensorBoard logger and
+:mod:`tinlt.compare` reuse (:func:`run_figures`, :func:`fig_compare`), and
+:func:`operating_point` (a run's current calibrated evaluation).
 
 Reads only what a run folder holds: ``metrics.json`` (required), and ``run.json``,
 ``config.yaml`` and ``log.jsonl`` when present. A ``tinlt eval`` folder holds only
@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .data.validate import REPORT_JSON as DATA_REPORT
-from .engine.run_folder import CALIBRATION, CONFIG, EVAL_DIR, LOG, METRICS, REPORT_DIR, RUN_INFO
+from . import fileio
+from .engine.run_folder import CONFIG, EVAL_DIR, LOG, METRICS, PREDICTIONS, REPORT_DIR, RUN_INFO
 from .errors import TinltError
 
 GROUP_NAMES = ("many", "medium", "few")
@@ -246,7 +247,7 @@ def _style():
     return matplotlib.rc_context(_STYLE)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, facecolor="white")
     return path
 
@@ -256,7 +257,7 @@ def _short(text: str, limit: int = 18) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _pct(v: Optional[float], digits: int = 1) -> str:
+def pct(v: Optional[float], digits: int = 1) -> str:
     return "\u2013" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
@@ -407,7 +408,7 @@ def fig_per_class_accuracy(rf: RunView, notes: list):
         ax.set_xlabel("training images of the class (log scale)")
         ax.set_ylabel("test accuracy of the class (%)")
         overall = rf.metrics.get("overall")
-        ax.set_title(f"Per-class accuracy vs training count \u2014 overall {_pct(overall)}%")
+        ax.set_title(f"Per-class accuracy vs training count \u2014 overall {pct(overall)}%")
         leg = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="shot groups")
         leg.get_title().set_fontweight("bold")
         if how:
@@ -556,28 +557,34 @@ def fig_eval_curves(rf: RunView, notes: list):
     return fig
 
 
-def _calibration(rf: RunView) -> dict:
-    """``tinlt calibrate``'s calibration.json in the run folder, or {}."""
-    folders = [Path(f) for f in (rf.path, rf.meta_dir) if f is not None]
-    for folder in dict.fromkeys(folders + [f / EVAL_DIR for f in folders]):  # tinlt calibrate writes into eval/
-        f = folder / CALIBRATION
-        if f.is_file():
-            try:
-                data = _read_json(f)
-                return data if isinstance(data, dict) else {}
-            except TinltError as e:
-                rf.notes.append(str(e))
-    return {}
+def operating_point(rf: RunView) -> Optional[dict]:
+    """The evaluation at a calibrated threshold that belongs to this run now: an eval folder's
+    metrics with ``at_threshold``, whose checkpoint still has the bytes it was evaluated with
+    (so a re-calibrated or retrained run never shows a stale point). None otherwise."""
+    folders = [rf.path] if "at_threshold" in rf.metrics else []
+    folders.append(rf.path / EVAL_DIR)
+    for folder in folders:
+        m = rf.metrics if folder == rf.path else _read_json_or_none(folder / METRICS)
+        if not isinstance(m, dict) or "at_threshold" not in m:
+            continue
+        ck = m.get("checkpoint") or {}
+        try:
+            fresh = Path(ck["path"]).is_file() and fileio.sha256(ck["path"]) == ck["sha256"]
+        except (KeyError, OSError, TypeError):
+            fresh = False
+        if fresh:
+            return m
+    return None
+
+
+def _read_json_or_none(path: Path) -> Any:
+    return fileio.read_json(path)
 
 
 def _threshold(rf: RunView) -> Optional[float]:
-    for src in (rf.metrics, rf.run, _calibration(rf)):
-        t = src.get("threshold")
-        if isinstance(t, dict):
-            t = t.get("value", t.get("threshold"))
-        if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-            return float(t)
-    return None
+    """The decision threshold to mark on the PR figure: the current calibrated operating point's."""
+    op = operating_point(rf)
+    return float(op["at_threshold"]["threshold"]) if op else None
 
 
 def fig_pr_roc(rf: RunView, notes: list):
@@ -686,13 +693,13 @@ def _drop_checked_out(samples, report_path: Path, split_key: str):
         problems = json.loads(report_path.read_text()).get("problems", [])
     except (OSError, ValueError, AttributeError):
         return samples
-    bad = {os.path.normpath(str(p.get("item"))) for p in problems
+    bad = {os.path.realpath(str(p.get("item"))) for p in problems
            if isinstance(p, dict) and p.get("split") == split_key and p.get("action") == "skipped"
            and not str(p.get("reason", "")).startswith("listed again")}
     seen: set = set()
     keep = []
     for i, item in enumerate(samples.items):
-        key = os.path.normpath(str(item))
+        key = os.path.realpath(str(item))  # as the data check compares files
         if key not in seen and key not in bad:
             keep.append(i)
         seen.add(key)
@@ -887,9 +894,9 @@ def run_figures(rf: RunView, notes: Optional[list] = None, only: Optional[Sequen
 
 def _headline_rows(m: dict) -> list[tuple[str, str]]:
     sizes = m.get("group_sizes") or {}
-    rows = [("overall", _pct(m.get("overall"), 2)), ("many", _pct(m.get("many"), 2)),
-            ("medium", _pct(m.get("medium"), 2)), ("few", _pct(m.get("few"), 2)),
-            ("instance", _pct(m.get("instance_acc"), 2))]
+    rows = [("overall", pct(m.get("overall"), 2)), ("many", pct(m.get("many"), 2)),
+            ("medium", pct(m.get("medium"), 2)), ("few", pct(m.get("few"), 2)),
+            ("instance", pct(m.get("instance_acc"), 2))]
     labels = []
     for name, v in rows:
         n = sizes.get(name)
@@ -907,6 +914,70 @@ def _binary_rows(m: dict) -> list[tuple[str, str]]:
 
     return [("rare class", str(b.get("positive_name"))), ("precision", f(b.get("precision"))),
             ("recall", f(b.get("recall"))), ("F1", f(b.get("f1"))), ("ROC-AUC", f(b.get("auc")))]
+
+
+def operating_rows(rf: RunView) -> list[list[str]]:
+    """Rows (decision rule, precision, recall with its 95% interval, false-positive rate,
+    expected precision at the training prevalence) for argmax and the calibrated threshold."""
+    def f(v):
+        return "\u2013" if v is None else f"{v:.3f}"
+
+    def row(label, b):
+        ci = b.get("recall_ci95")
+        rec = f(b.get("recall")) + (f" ({ci[0]:.2f}\u2013{ci[1]:.2f})" if ci else "")
+        return [label, f(b.get("precision")), rec, f(b.get("fpr")), f(b.get("precision_at_train_prevalence"))]
+
+    op = operating_point(rf)
+    source = op if op else rf.metrics
+    rows = [row("argmax", source["binary"])] if isinstance(source.get("binary"), dict) else []
+    if op:
+        rows.insert(0, row(f"threshold {op['at_threshold']['threshold']:.4g} (calibrated)", op["at_threshold"]["binary"]))
+    return rows
+
+
+OPERATING_HEAD = ["decision", "precision", "recall (95% CI)", "false-positive rate", "precision at training prevalence"]
+
+
+def mistakes(rf: RunView, k: int = 12) -> list[dict]:
+    """The ``k`` test images the model was surest about and wrong on (predictions.csv)."""
+    import csv
+
+    path = rf.path / PREDICTIONS
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    wrong = []
+    for r in rows:
+        if r.get("correct") == "1":
+            continue
+        p_pred = float(r.get(f"p_{r['predicted']}", r.get("confidence", "nan")) or "nan")
+        p_true = r.get(f"p_{r['true']}")
+        wrong.append({**r, "p_pred": p_pred, "p_true": float(p_true) if p_true not in (None, "") else None})
+    return sorted(wrong, key=lambda r: -r["p_pred"])[:k]
+
+
+def _thumb_uri(rf: RunView, item: dict, samples) -> str:
+    """A small inline PNG of a mistake's image ("" when it cannot be read)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        if "#" in item["path"] and samples is not None:
+            arr = _thumbnail(samples, int(item["index"]), size=96)
+        else:
+            from .data.images import open_image
+
+            img = open_image(item["path"], draft_size=96).convert("RGB")
+            img.thumbnail((96, 96))
+            arr = np.asarray(img)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:  # noqa: BLE001 - a moved file leaves the thumbnail out, not the report
+        return ""
 
 
 def _summary_line(rf: RunView) -> list[tuple[str, str]]:
@@ -937,7 +1008,7 @@ def _confusion_rows(rf: RunView, k: int = 10) -> list[tuple[str, str, int, str]]
     return rows
 
 
-_CSS = """
+CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1.2em;color:#222;line-height:1.45;background:#fff}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd;
@@ -951,10 +1022,12 @@ figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{color:#55
 max-width:900px}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em;border:1px solid #e4e4e4}
 .notes li{color:#8a5a00}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.meta span{display:inline-block;max-width:100%;overflow-wrap:anywhere}
+table{display:block;max-width:100%;overflow-x:auto}td.file{overflow-wrap:anywhere;max-width:420px}
 """
 
 
-def _table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
     e = html.escape
     head = "".join(f"<th>{e(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -962,7 +1035,7 @@ def _table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str =
     return f"<table{cls_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(c: Any) -> str:
         return str(c).replace("|", "\\|").replace("\n", " ")
 
@@ -993,15 +1066,34 @@ def _write_html(rf: RunView, out: Path, figures: list[tuple[str, str]], notes: l
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>tinlt report: {e(rf.name)}</title><style>{_CSS}</style></head><body>",
+        f"<title>tinlt report: {e(rf.name)}</title><style>{CSS}</style></head><body>",
         f"<h1>tinlt report: {e(rf.name)}</h1>",
         '<p class="meta">' + "".join(f"<span><b>{e(k)}</b> {e(v)}</span>" for k, v in _summary_line(rf)) + "</p>",
         "<p>Mean per-class accuracy (%) on the test split; group sizes (classes) in brackets.</p>",
-        _table_html([h for h, _ in head], [[v for _, v in head]], "headline"),
+        table_html([h for h, _ in head], [[v for _, v in head]], "headline"),
     ]
     binary = _binary_rows(m)
     if binary:
-        parts.append(_table_html([h for h, _ in binary], [[v for _, v in binary]], "headline"))
+        parts.append(table_html([h for h, _ in binary], [[v for _, v in binary]], "headline"))
+        parts.append("<h2>Operating point</h2>")
+        parts.append(table_html(OPERATING_HEAD, operating_rows(rf)))
+        if operating_point(rf) is None:
+            parts.append("<p class=\"meta\">No calibrated threshold evaluated for this run: tinlt calibrate, then "
+                         "tinlt eval --checkpoint RUN/eval/calibrated.pt. Precision depends on how common the rare "
+                         "class is: the last column is what the same recall and false-positive rate give at the "
+                         "training split's share.</p>")
+    wrong = mistakes(rf)
+    if wrong:
+        samples = _rebuild_test_split(rf, []) if any("#" in w["path"] for w in wrong) else None
+        parts.append("<h2>Most confident mistakes</h2><table class=\"mistakes\"><tr><th></th><th>file</th>"
+                     "<th>true</th><th>predicted</th><th>P(predicted)</th><th>P(true)</th></tr>")
+        for w in wrong:
+            uri = _thumb_uri(rf, w, samples)
+            img = f'<img src="{uri}" alt="" width="64">' if uri else ""
+            pt = "\u2013" if w["p_true"] is None else f"{w['p_true']:.3f}"
+            parts.append(f"<tr><td>{img}</td><td class=\"file\">{e(w['path'])}</td><td>{e(w['true'])}</td>"
+                         f"<td>{e(w['predicted'])}</td><td>{w['p_pred']:.3f}</td><td>{pt}</td></tr>")
+        parts.append("</table>")
     for fname, title in figures:
         parts.append(f"<h2>{e(title)}</h2>")
         parts.append(f'<figure><img src="{e(fname)}" alt="{e(title)}"><figcaption>{e(CAPTIONS.get(fname, ""))}'
@@ -1010,22 +1102,20 @@ def _write_html(rf: RunView, out: Path, figures: list[tuple[str, str]], notes: l
             rows = _confusion_rows(rf)
             if rows:
                 parts.append("<h3>Most frequent confusions</h3>")
-                parts.append(_table_html(["true class", "predicted as", "images", "share of true class"], rows))
+                parts.append(table_html(["true class", "predicted as", "images", "share of true class"], rows))
     if notes:
         parts.append("<h2>Not shown</h2><ul class=\"notes\">" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<pre>{e(rf.config_text)}</pre>" if rf.config_text else "<p>No config.yaml in this folder.</p>")
     vers = _versions(rf)
     if vers:
-        parts.append("<h2>Versions</h2>" + _table_html(["package", "version"], vers))
+        parts.append("<h2>Versions</h2>" + table_html(["package", "version"], vers))
     cmd = _command(rf)
     if cmd:
         parts.append(f"<h2>Command</h2><pre>{e(cmd)}</pre>")
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts.append(f'<p class="meta">Written by tinlt report on {stamp}.</p></body></html>')
-    path = out / "index.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return fileio.write_text(out / "index.html", "\n".join(parts))
 
 
 def _write_markdown(rf: RunView, out: Path, figures: list[tuple[str, str]], notes: list) -> Path:
@@ -1033,30 +1123,34 @@ def _write_markdown(rf: RunView, out: Path, figures: list[tuple[str, str]], note
     head = _headline_rows(m)
     lines = [f"# tinlt report: {rf.name}", "", " | ".join(f"**{k}** {v}" for k, v in _summary_line(rf)), "",
              "Mean per-class accuracy (%) on the test split; group sizes (classes) in brackets.", "",
-             _table_md([h for h, _ in head], [[v for _, v in head]]), ""]
+             table_md([h for h, _ in head], [[v for _, v in head]]), ""]
     binary = _binary_rows(m)
     if binary:
-        lines += [_table_md([h for h, _ in binary], [[v for _, v in binary]]), ""]
+        lines += [table_md([h for h, _ in binary], [[v for _, v in binary]]), "", "## Operating point", "",
+                  table_md(OPERATING_HEAD, operating_rows(rf)), ""]
+    wrong = mistakes(rf)
+    if wrong:
+        lines += ["## Most confident mistakes", "",
+                  table_md(["file", "true", "predicted", "P(predicted)"],
+                            [[w["path"], w["true"], w["predicted"], f"{w['p_pred']:.3f}"] for w in wrong]), ""]
     for fname, title in figures:
         lines += [f"## {title}", "", f"![{title}]({fname})", "", CAPTIONS.get(fname, ""), ""]
         if fname == "confusion.png":
             rows = _confusion_rows(rf)
             if rows:
                 lines += ["### Most frequent confusions", "",
-                          _table_md(["true class", "predicted as", "images", "share of true class"], rows), ""]
+                          table_md(["true class", "predicted as", "images", "share of true class"], rows), ""]
     if notes:
         lines += ["## Not shown", ""] + [f"- {n}" for n in notes] + [""]
     if rf.config_text:
         lines += ["## Configuration", "", "```yaml", rf.config_text.rstrip(), "```", ""]
     vers = _versions(rf)
     if vers:
-        lines += ["## Versions", "", _table_md(["package", "version"], vers), ""]
+        lines += ["## Versions", "", table_md(["package", "version"], vers), ""]
     cmd = _command(rf)
     if cmd:
         lines += ["## Command", "", "```", cmd, "```", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return fileio.write_text(out / "report.md", "\n".join(lines))
 
 
 def build_report(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None) -> Path:
@@ -1079,7 +1173,7 @@ def build_report(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = 
     titles = {f: t for f, t, _ in FIGURES}
     for fname, fig in figs.items():
         try:
-            _save(fig, dest / fname)
+            save_figure(fig, dest / fname)
             written.append((fname, titles[fname]))
         except Exception as e:
             notes.append(f"{titles[fname]}: could not be saved ({type(e).__name__}: {e})")
@@ -1161,65 +1255,6 @@ def training_hooks(cfg) -> list:
 # --------------------------------------------------------------------------- comparing runs
 
 
-def _unique_names(paths: Sequence[Path]) -> list[str]:
-    """Shortest distinct trailing path parts, e.g. fmnist_lt/tin vs fmnist_clamp/tin."""
-    parts = [p.resolve().parts for p in paths]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [str(p) for p in paths]
-
-
-COMPARE_COLUMNS = ("run", "overall", "many", "medium", "few", "instance", "train_time_min")
-
-
-def compare_runs(run_dirs: Sequence[str | os.PathLike], out: Optional[str | os.PathLike] = None) -> Path:
-    """One table (``compare.md`` + ``compare.csv``) and one overlaid per-class accuracy plot; returns ``out``.
-
-    ``out`` defaults to ``compare/`` in the runs' common parent folder.
-    """
-    if not run_dirs:
-        raise TinltError("compare: name at least one run folder")
-    runs = [load_run(d) for d in run_dirs]
-    paths = [r.path for r in runs]
-    if out is None:
-        common = Path(os.path.commonpath([str(p.resolve()) for p in paths]))
-        if common in {p.resolve() for p in paths}:
-            common = common.parent
-        out = common / "compare"
-    dest = Path(out)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinltError(f"{dest}: cannot create the output folder ({e.strerror})") from None
-    names = _unique_names(paths)
-    rows = []
-    for name, rf in zip(names, runs):
-        m = rf.metrics
-        t = m.get("train_time_s")
-        rows.append([name, m.get("overall"), m.get("many"), m.get("medium"), m.get("few"), m.get("instance_acc"),
-                     None if t is None else round(float(t) / 60.0, 2)])
-
-    with open(dest / "compare.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COMPARE_COLUMNS)
-        for r in rows:
-            w.writerow(["" if v is None else (f"{v:.4f}" if isinstance(v, float) else v) for v in r])
-
-    md_rows = [[r[0], *(_pct(v, 2) for v in r[1:6]), "\u2013" if r[6] is None else f"{r[6]:.1f} min"] for r in rows]
-    md = ["# tinlt compare", "", "Mean per-class accuracy (%) on each run's test split.", "",
-          _table_md(["run", "overall", "many", "medium", "few", "instance", "train time"], md_rows), "",
-          "![per-class accuracy](per_class_accuracy.png)", "", "Runs:", ""]
-    md += [f"- `{n}`: {rf.path.resolve()}" for n, rf in zip(names, runs)]
-    (dest / "compare.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-
-    fig = fig_compare(runs, names)
-    if fig is not None:
-        _save(fig, dest / "per_class_accuracy.png")
-    return dest
-
-
 def fig_compare(runs: Sequence[RunView], names: Sequence[str]):
     from matplotlib.lines import Line2D
 
@@ -1245,7 +1280,7 @@ def fig_compare(runs: Sequence[RunView], names: Sequence[str]):
                 by = np.array([acc[ok][x[ok] == v].mean() for v in bx])
             ax.plot(bx, by, color=colour, linewidth=2, zorder=4)
             handles.append(Line2D([], [], color=colour, marker="o", linewidth=2,
-                                  label=f"{_short(name, 40)} (overall {_pct(rf.metrics.get('overall'))})"))
+                                  label=f"{_short(name, 40)} (overall {pct(rf.metrics.get('overall'))})"))
         ax.set_ylim(-3, 105)
         ax.set_xlabel("training images of the class (log scale)")
         ax.set_ylabel("test accuracy of the class (%)")

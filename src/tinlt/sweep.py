@@ -17,7 +17,13 @@ Precedence, later wins: base config < ``overrides`` < command-line overrides < t
 overrides < its grid values < ``train.output_dir=OUT/<cell>``. ``{out}`` in an override
 is replaced by the sweep's output folder (e.g. ``model.init_from={out}/ce/best.pt``).
 A cell with ``eval_from: OTHER`` trains nothing: it evaluates OTHER's ``best.pt`` with
-its own ``train.*`` / ``data.*`` overrides (post-hoc adjustment, tau-norm).
+its own ``train.*`` / ``data.*`` overrides (post-hoc adjustment, tau-norm). A cell with
+``zeroshot: true`` trains nothing either: it scores the prompts with frozen towers.
+``label:`` names a cell in the tables (default: its name).
+
+``seeds: [0, 1, 2]`` runs every cell once per seed (``train.seed``, folders
+``<cell>__seed<k>``); ``results.md`` then shows each cell's mean +- std over the seeds and
+``results.csv`` each seed's numbers.
 
 A cell whose folder holds ``metrics.json`` for the same resolved config is reused; one
 with a ``last.pt`` for it resumes; a changed cell starts afresh. The config is all that is
@@ -31,6 +37,7 @@ import copy
 import csv
 import itertools
 import re
+import statistics
 import sys
 import time
 import traceback
@@ -46,10 +53,11 @@ from .config import load_config, resolve_config_path
 from .engine.run_folder import BEST, CONFIG, RunFolder, made_by
 from .errors import Interrupted, TinltError, did_you_mean
 
-GRID_KEYS = ("name", "base", "overrides", "grid", "cells")
-CELL_KEYS = ("name", "overrides", "eval_from")
+GRID_KEYS = ("name", "base", "overrides", "grid", "cells", "seeds")
+CELL_KEYS = ("name", "overrides", "eval_from", "zeroshot", "label")
 EVAL_PREFIXES = ("train.", "data.")  # what ``tinlt eval`` may change on a checkpoint's config
 METRIC_KEYS = ("overall", "many", "medium", "few", "instance_acc")
+BINARY_KEYS = ("precision", "recall", "auc")  # of the rare class, two-class runs
 CELL_FILE = "sweep.json"
 
 __all__ = ["Cell", "Sweep", "load_sweep", "run_sweep", "cell_state", "results_rows", "write_results",
@@ -63,6 +71,10 @@ class Cell:
     cfg: DictConfig  # fully resolved and validated
     eval_from: Optional[str] = None
     line: Optional[int] = None  # where it is defined in the grid file
+    group: str = ""  # the cell without its seed (tables average a group over its seeds)
+    seed: Optional[int] = None
+    zeroshot: bool = False
+    label: str = ""
 
     @property
     def out(self) -> Path:
@@ -127,6 +139,8 @@ def _as_override_list(value: Any, where: str) -> list[str]:
         return []
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, list):  # a YAML anchor of shared overrides inside a list: [*shared, key=value]
+        value = [v for item in value for v in (item if isinstance(item, list) else [item])]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TinltError(f"{where}: 'overrides' must be a list of key=value strings")
     for ov in value:
@@ -208,6 +222,9 @@ def load_sweep(
     common = subst(file_ovs + cli_ovs)
     common_lines = [(ov, lines.get(("override", i))) for i, ov in enumerate(file_ovs)] + [(ov, None) for ov in cli_ovs]
 
+    seeds = spec.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds)):
+        raise TinltError(f"{path}:{lines.get(('top', 'seeds'), '?')}: 'seeds' must be a list of integers")
     raw_cells = spec.get("cells") or [{"name": ""}]
     if not isinstance(raw_cells, list):
         raise TinltError(f"{path}:{lines.get(('top', 'cells'), '?')}: 'cells' must be a list")
@@ -227,23 +244,29 @@ def load_sweep(
             raise TinltError(f"{where}: every cell needs a 'name'")
         cell_ovs = subst(_as_override_list(rc.get("overrides"), where))
         eval_from = rc.get("eval_from")
+        zeroshot = bool(rc.get("zeroshot", False))
+        if zeroshot and eval_from is not None:
+            raise TinltError(f"{where}: a cell is zeroshot or eval_from, not both")
         for part, grid_ovs, grid_key in combos:
-            name = "__".join(p for p in (str(rc.get("name", "")), part) if p)
-            name = _safe_name(name or "run")
-            if name in by_name:
-                raise TinltError(f"{where}: two cells are named '{name}'")
-            own = cell_ovs + grid_ovs
-            line = cline if not grid_key else (cline if "cells" in spec else lines.get(("grid", grid_key)))
-            source = None
-            if eval_from is not None:  # with a grid, the source is the same grid point of that cell
-                source = next((n for n in (f"{eval_from}__{part}", str(eval_from)) if _safe_name(n) in by_name),
-                              str(eval_from))
-            cfg = _resolve_cell(
-                base, common, own, out_dir / name, name, source, by_name, path, line, common_lines, lines, grid_key
-            )
-            cell = Cell(name=name, overrides=own, cfg=cfg, eval_from=source, line=line)
-            cells.append(cell)
-            by_name[name] = cell
+            group = _safe_name("__".join(p for p in (str(rc.get("name", "")), part) if p) or "run")
+            for seed in seeds or [None]:
+                name = group if seed is None else f"{group}__seed{seed}"
+                if name in by_name:
+                    raise TinltError(f"{where}: two cells are named '{name}'")
+                own = cell_ovs + grid_ovs + ([f"train.seed={seed}"] if seed is not None else [])
+                line = cline if not grid_key else (cline if "cells" in spec else lines.get(("grid", grid_key)))
+                source = None
+                if eval_from is not None:  # the source is the same grid point (and seed) of that cell
+                    tail = "".join(f"__{x}" for x in (part, f"seed{seed}" if seed is not None else "") if x)
+                    source = next((n for n in (f"{eval_from}{tail}", str(eval_from)) if _safe_name(n) in by_name),
+                                  str(eval_from))
+                cfg = _resolve_cell(
+                    base, common, own, out_dir / name, name, source, by_name, path, line, common_lines, lines, grid_key
+                )
+                cell = Cell(name=name, overrides=own, cfg=cfg, eval_from=source, line=line, group=group, seed=seed,
+                            zeroshot=zeroshot, label=str(rc.get("label") or group))
+                cells.append(cell)
+                by_name[name] = cell
     return Sweep(path=path, name=str(spec.get("name") or path.stem), base=base, overrides=common,
                  out=out_dir, cells=cells)
 
@@ -317,7 +340,10 @@ def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
     _write_cell_info(folder, info)
     t0 = time.time()
     try:
-        if cell.eval_from is None:
+        if cell.zeroshot:
+            inference.zeroshot(cfg, out_dir=folder, quiet=cfg.train.quiet)
+            cell.run.write_config(cfg)
+        elif cell.eval_from is None:
             trainer.train(cfg, resume="auto" if state == "resume" else None, command=list(sys.argv),
                           hooks=training_hooks(cfg))
         else:
@@ -342,6 +368,18 @@ def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
     return info
 
 
+def subsampling_note(cfg) -> Optional[str]:
+    """What a cell's subsampling keys do to data that is not Fashion-MNIST (they are meant for it)."""
+    notes = []
+    for key in ("train", "val", "test"):
+        split = getattr(cfg.data, key)
+        used = [k for k in ("lt_n_max", "counts", "per_class_limit") if split.get(k)]
+        if used and str(split.kind or "") not in ("", "fashion_mnist", "holdout"):
+            notes.append(", ".join(f"data.{key}.{k}={split[k]}" for k in used) + f" subsamples data.{key} "
+                         f"(kind {split.kind})")
+    return "; ".join(notes) or None
+
+
 def run_sweep(
     sweep: Sweep, *, dry_run: bool = False, only: Optional[Sequence[str]] = None, quiet: bool = False,
     fresh: bool = False, log=print,
@@ -362,9 +400,13 @@ def run_sweep(
             state = "run"
         states[cell.name] = state
         if dry_run:
-            verb = {"done": "reuse", "resume": "resume", "run": "eval" if cell.eval_from else "train"}[state]
+            fresh_verb = "eval" if cell.eval_from else ("zeroshot" if cell.zeroshot else "train")
+            verb = {"done": "reuse", "resume": "resume", "run": fresh_verb}[state]
             skip = only and cell.name not in only
             log(f"{cell.name:<28} {'skip' if skip else verb:<7} {' '.join(cell.overrides) or '(base)'}")
+            shrink = subsampling_note(cell.cfg)
+            if shrink:
+                log(f"{'':<28} note: {shrink}")
     if dry_run:
         return results_rows(sweep, states)
     sweep.out.mkdir(parents=True, exist_ok=True)
@@ -402,14 +444,29 @@ def results_rows(sweep: Sweep, states: Optional[dict] = None) -> list[dict]:
             status = {"done": "reused", "ran": "done", "resume": "pending", "run": "pending"}.get(state, state)
         if status == "pending":
             metrics = None
-        row = {"cell": cell.name, "overrides": " ".join(cell.overrides)}
+        row = {"cell": cell.name, "group": cell.group, "label": cell.label, "seed": cell.seed,
+               "overrides": " ".join(cell.overrides)}
         for k in METRIC_KEYS:
             row[k] = metrics.get(k) if metrics else None
+        binary = (metrics or {}).get("binary") or {}
+        for k in BINARY_KEYS:
+            row[f"rare_{k}"] = binary.get(k)
+        row["val_overall"] = val_score(cell.run, metrics) if metrics else None
         row["wall_s"] = info.get("wall_s") if status != "pending" else None
         row["status"] = status
         row["run"] = str(folder)
         rows.append(row)
     return rows
+
+
+def val_score(run: RunFolder, metrics: dict) -> Optional[float]:
+    """The validation score a run was selected by (what recipe choices may look at): the chosen
+    post-hoc tau's, else the best epoch's on data.val; None when the run had no validation split."""
+    chosen = metrics.get("selection")
+    if chosen:
+        return chosen["val_overall_by_tau"][str(chosen["posthoc_tau"])]
+    scores = [r["val"]["overall"] for r in run.read_log() if r.get("best") and isinstance(r.get("val"), dict)]
+    return scores[-1] if scores else None
 
 
 def _num(v, digits: int = 1) -> str:
@@ -423,8 +480,34 @@ def _wall(v) -> str:
     return f"{m}m{s:02d}s"
 
 
+def mean_std(values: Sequence[Optional[float]], digits: int = 1) -> str:
+    """``mean +- std`` over the seeds that have a value (sample std; one seed: the value alone)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def grouped(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows by cell group (a cell over its seeds), in file order."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.get("group") or r["cell"], []).append(r)
+    return list(out.items())
+
+
 def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
-    head = ["cell", "overrides", "overall", "many", "medium", "few", "instance", "wall", "status", "run"]
+    binary = any(r.get("rare_recall") is not None for r in rows)
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    keys = list(METRIC_KEYS) + ([f"rare_{k}" for k in BINARY_KEYS] if binary else [])
+    if any(r.get("val_overall") is not None for r in rows):
+        keys.append("val_overall")
+    names = {"instance_acc": "instance", "rare_precision": "rare P", "rare_recall": "rare R", "rare_auc": "AUC",
+             "val_overall": "val (selection)"}
+    head = ["cell", "overrides", *(names.get(k, k) for k in keys), "wall" + (" (per seed)" if seeds else ""),
+            "status", "run"]
     lines = [
         f"# Sweep: {sweep.name}",
         "",
@@ -432,20 +515,37 @@ def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
         f"- base config: `{sweep.base}`",
         f"- overrides for every cell: `{' '.join(sweep.overrides) or '(none)'}`",
         f"- output: `{sweep.out}`",
-        "- accuracies in %: overall = mean per-class accuracy (balanced), instance = plain accuracy",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * 6 + ["---"] * 2) + "|",
+        "- accuracies in %: overall = mean per-class accuracy (balanced), instance = plain accuracy"
+        + ("; rare P / R / AUC: the rare class's precision, recall and ROC-AUC (fractions)" if binary else "")
+        + "; val (selection): the held-out validation score choices were made on (test columns: scored once)",
     ]
-    for r in rows:
-        run = Path(r["run"])
+    if seeds:
+        lines.append(f"- each cell over seeds {seeds}: mean ± std (sample std); each seed's numbers in results.csv")
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(keys) + 1) + ["---"] * 2) + "|"]
+    for group, rs in grouped(rows):
+        first = rs[0]
+        own = " ".join(o for o in first["overrides"].split() if not o.startswith("train.seed="))
+        run = Path(first["run"])
         rel = run.relative_to(sweep.out) if run.is_relative_to(sweep.out) else run
+        statuses = sorted({r["status"] for r in rs})
+        walls = [r["wall_s"] for r in rs if r["wall_s"] is not None]
         cells = [
-            r["cell"], f"`{r['overrides']}`" if r["overrides"] else "(base)",
-            *(_num(r[k]) for k in METRIC_KEYS), _wall(r["wall_s"]), r["status"].replace("|", "/"), f"{rel}/",
+            first.get("label") or group, f"`{own}`" if own else "(base)",
+            *(mean_std([r[k] for r in rs], digits=2 if k.startswith("rare_") else 1) for k in keys),
+            _wall(statistics.mean(walls)) if walls else "-",
+            _status(rs).replace("|", "/"),
+            f"{rel}/" if len(rs) == 1 else f"{group}__seed*/",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _status(rows: list[dict]) -> str:
+    """A cell's status, or over a group's seeds ``3 done`` / ``2 done, 1 pending``."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return rows[0]["status"] if len(rows) == 1 else ", ".join(f"{n} {st}" for st, n in counts.items())
 
 
 def write_results(sweep: Sweep, rows: list[dict]) -> tuple[Path, Path]:
@@ -453,10 +553,11 @@ def write_results(sweep: Sweep, rows: list[dict]) -> tuple[Path, Path]:
 
     sweep.out.mkdir(parents=True, exist_ok=True)
     md = fileio.write_text(sweep.out / "results.md", format_markdown(sweep, rows))
-    fields = ["cell", "overrides", *METRIC_KEYS, "wall_s", "status", "run"]
+    fields = ["cell", "group", "label", "seed", "overrides", *METRIC_KEYS, *(f"rare_{k}" for k in BINARY_KEYS),
+              "val_overall", "wall_s", "status", "run"]
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
     return md, fileio.write_text(sweep.out / "results.csv", buf.getvalue())

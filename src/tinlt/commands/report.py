@@ -1,6 +1,6 @@
 """``tinlt report`` and ``tinlt compare``: figures and pages for people, from run folders.
 
-Thin shells over :func:`tinlt.report.build_report` and :func:`tinlt.report.compare_runs`;
+Thin shells over :func:`tinlt.report.build_report` and :func:`tinlt.compare.compare_runs`;
 matplotlib is imported only when one of them runs.
 """
 
@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
 
     p = subparsers.add_parser(
         "compare",
-        help="one table and one overlaid per-class accuracy plot for several runs",
-        description="Write compare.md, compare.csv and per_class_accuracy.png for the given runs.",
+        help="several runs side by side: accuracy, rare-class metrics, seed mean ± std, config diff",
+        description="Write index.html, compare.md, compare.csv and per_class_accuracy.png for the given runs.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="output folder (default: compare/ in the runs' common parent)")
@@ -37,9 +37,9 @@ def _cmd_report(a) -> int:
 
 
 def _cmd_compare(a) -> int:
-    from ..report import compare_runs
+    from ..compare import compare_runs
 
     dest = compare_runs(a.run_dirs, out=a.out)
-    print((dest / "compare.md").read_text().split("\n![", 1)[0].rstrip())
-    print(f"\ncompare: {dest / 'compare.md'}, {dest / 'compare.csv'}, {dest / 'per_class_accuracy.png'}")
+    print((dest / "compare.md").read_text().split("\n![", 1)[0].split("\n## ", 1)[0].rstrip())
+    print(f"\ncompare: {dest / 'index.html'}, {dest / 'compare.md'}, {dest / 'compare.csv'}")
     return 0

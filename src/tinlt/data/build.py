@@ -8,6 +8,7 @@ Errors are prefixed with the config key of the split, e.g. ``data.train: ...``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from ..config import SPLIT_KINDS, check_choice
@@ -49,6 +50,10 @@ def build_split(split_cfg: Any, where: Optional[str] = None) -> Optional[Samples
     per_class_limit = int(_get(split_cfg, "per_class_limit", 0) or 0)
     if kind != "fashion_mnist" and not path:
         raise TinltError(f"config key '{where}.path' is empty (needed for kind '{kind}')")
+    if kind in ("list", "csv", "folder") and not Path(path).expanduser().exists():
+        what = "image folder" if kind == "folder" else f"{kind} file"
+        raise TinltError(f"config key '{where}.path' = '{path}': {what} not found "
+                         f"(give it on the command line: {where}.path=/path/to/{'folder' if kind == 'folder' else 'file'})")
 
     try:
         if kind == "fashion_mnist":
@@ -72,7 +77,15 @@ def build_split(split_cfg: Any, where: Optional[str] = None) -> Optional[Samples
             samples = load_folder(path, classnames=classnames)
         if classes:
             samples = select_classes(samples, classes, where="classes")
-        return subsample(samples, lt_n_max=lt_n_max, lt_ratio=lt_ratio, counts=counts, per_class_limit=per_class_limit)
+        kept = subsample(samples, lt_n_max=lt_n_max, lt_ratio=lt_ratio, counts=counts, per_class_limit=per_class_limit)
+        if len(kept) < len(samples):  # your own data shrinks only on purpose, and says so on every run
+            import sys
+
+            keys = [k for k, v in (("lt_n_max", lt_n_max), ("counts", counts), ("per_class_limit", per_class_limit)) if v]
+            print(f"tinlt: note: {where}: {', '.join(f'{where}.{k}' for k in keys)} keep {len(kept):,} of "
+                  f"{len(samples):,} images (per class {samples.class_counts().tolist()} -> "
+                  f"{kept.class_counts().tolist()})", file=sys.stderr)
+        return kept
     except TinltError as e:
         raise TinltError(f"{where}: {e}") from None
 

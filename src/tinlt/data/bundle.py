@@ -29,11 +29,19 @@ class DataBundle:
     groups: dict
     skipped: list = field(default_factory=list)  # (item, reason) removed by the up-front data check
     check: Optional[object] = None  # tinlt.data.validate.DataCheck, when data.validate is on
+    held_out: Optional[np.ndarray] = None  # data.val.kind=holdout: the validation images' indices in data.train
 
     def summary(self) -> dict:
         """Classes, training counts and shot groups as plain lists (run.json, checkpoints)."""
         return {"classnames": list(self.classnames), "train_counts": np.asarray(self.train_counts).tolist(),
                 "groups": {k: np.asarray(v).tolist() for k, v in self.groups.items()}}
+
+    def selection_note(self) -> Optional[str]:
+        """A warning when model selection would look at the test split (no validation split)."""
+        if self.eval_name == "test":
+            return ("no validation split: best.pt and every choice made during training use the test split; "
+                    "hold one out with data.val.kind=holdout data.val.fraction=0.1")
+        return None
 
     @property
     def final(self) -> Samples:
@@ -58,7 +66,14 @@ def build_data(cfg, *, report_dir: Optional[str] = None) -> DataBundle:
     train = build_split(cfg.data.train)
     if train is None:
         raise TinltError("config key 'data.train.kind' is empty: a training split is required")
-    val = build_split(cfg.data.val)
+    held_out = None
+    if str(cfg.data.val.kind or "") == "holdout":
+        from .holdout import hold_out
+
+        seed = cfg.data.val.seed if cfg.data.val.seed >= 0 else cfg.train.seed
+        train, val, held_out = hold_out(train, float(cfg.data.val.fraction), int(seed))
+    else:
+        val = build_split(cfg.data.val)
     test = build_split(cfg.data.test)
     check = None
     if cfg.data.get("validate", True):
@@ -82,4 +97,6 @@ def build_data(cfg, *, report_dir: Optional[str] = None) -> DataBundle:
         counts, many_threshold=cfg.data.many_threshold, few_threshold=cfg.data.few_threshold, mode=cfg.data.groups
     )
     skipped = check.skipped if check is not None else []
-    return DataBundle(train, evaluation, test, eval_name, list(train.classnames), counts, groups, skipped, check)
+    bundle = DataBundle(train, evaluation, test, eval_name, list(train.classnames), counts, groups, skipped, check)
+    bundle.held_out = held_out
+    return bundle

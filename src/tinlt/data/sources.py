@@ -395,6 +395,11 @@ def load_folder(root: PathLike, classnames: Optional[Union[PathLike, Sequence[st
                 labels.append(label)
     if not items:
         raise TinltError(f"{top}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)}) (empty split)")
+    found = set(labels)
+    empty = [f for f in folders if folder_label[f] not in found]
+    if empty and classnames is None:  # an empty folder would silently add a class (and change the groups)
+        raise TinltError(f"{top / empty[0]}: class folder holds no images; remove it, or list the classes "
+                         "explicitly (data.*.classnames / --classnames) to keep an empty class on purpose")
     out = Samples(items, np.asarray(labels, dtype=np.int64), names, source=str(top))
     out.skipped = skipped
     return out

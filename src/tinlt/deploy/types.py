@@ -30,6 +30,7 @@ from ..errors import TinltError
 from ..metrics import ThresholdRule
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+ALL_PROBS_MAX = 100  # prediction rows carry every class's probability up to this many classes
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -186,7 +187,8 @@ def rows_from_probs(
     topk: int,
     rule: Optional[ThresholdRule] = None,
 ) -> list[dict]:
-    """One row per image: top-k classes by probability, plus ``prediction`` when a threshold applies."""
+    """One row per image: top-k classes by probability, every class's probability (``probs``,
+    up to ALL_PROBS_MAX classes), plus ``prediction`` when a threshold applies."""
     k = max(1, min(int(topk), len(classnames)))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     decided = rule.decide(probs) if rule is not None else None
@@ -196,6 +198,8 @@ def rows_from_probs(
             "path": str(p),
             "topk": [{"class": classnames[i], "index": int(i), "score": round(float(probs[n, i]), 6)} for i in order[n]],
         }
+        if len(classnames) <= ALL_PROBS_MAX:
+            row["probs"] = {str(c): round(float(probs[n, i]), 6) for i, c in enumerate(classnames)}
         if decided is not None:
             c = int(decided[n])
             row["prediction"] = {"class": classnames[c], "index": c, "threshold": rule.value,
@@ -230,8 +234,23 @@ def predict_rows(backend: Backend, inputs: Sequence[str | Path], *, topk: int = 
 # ----------------------------------------------------------------------------- output
 
 
+def sort_rows(rows: list[dict], by: str) -> list[dict]:
+    """Rows by one class's probability, highest first (e.g. rank a folder by P(rusty)); unreadable last."""
+    known = next((list(r["probs"]) for r in rows if "probs" in r), None)
+    if known is None:
+        raise TinltError("--sort-by needs every class's probability (models with up to "
+                         f"{ALL_PROBS_MAX} classes)")
+    if by not in known:
+        from ..errors import did_you_mean
+
+        raise TinltError(f"--sort-by {by!r}: not a class of this model{did_you_mean(by, known)} "
+                         f"(classes: {', '.join(known[:10])})")
+    return sorted(rows, key=lambda r: -r["probs"][by] if "probs" in r else float("inf"))
+
+
 def write_predictions(rows: list[dict], out: str | Path) -> Path:
-    """``.json``: the rows as they are; ``.csv``: path, class_i/score_i, [prediction], error."""
+    """``.json``: the rows as they are; ``.csv``: path, class_i/score_i, a ``p_<class>`` column
+    per class, [prediction], error."""
     from ..fileio import write_text
 
     out = Path(out)
@@ -243,13 +262,15 @@ def write_predictions(rows: list[dict], out: str | Path) -> Path:
 
     k = max((len(r.get("topk", [])) for r in rows), default=0)
     decided = any("prediction" in r for r in rows)
+    names = next((list(r["probs"]) for r in rows if "probs" in r), [])
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
-    head = ["path"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"score_{i}")]
+    head = ["path"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"score_{i}")] + [f"p_{n}" for n in names]
     w.writerow(head + (["prediction", "threshold"] if decided else []) + ["error"])
     for r in rows:
         cells = [c for t in r.get("topk", []) for c in (t["class"], t["score"])]
         cells += [""] * (2 * k - len(cells))
+        cells += [r["probs"][n] for n in names] if "probs" in r else [""] * len(names)
         if decided:
             pred = r.get("prediction")
             cells += [pred["class"], pred["threshold"]] if pred else ["", ""]

@@ -13,10 +13,25 @@ def resolve_device(name: str) -> torch.device:
     """``train.device``: auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise TinltError(f"config key 'train.device' = {name!r}; expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TinltError(f"config key 'train.device' = {name!r} but no CUDA device is available")
     return dev
+
+
+def training_devices(name: str):
+    """(device, DistInfo) for a training process: under torchrun each rank takes its local GPU."""
+    from .distributed import init_distributed
+
+    device = resolve_device(name)
+    dist_info = init_distributed(device)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    return device, dist_info
 
 
 def autocast_for(device: torch.device, amp: str):

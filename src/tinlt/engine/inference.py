@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from .. import fileio
 from ..config import from_dict
 from ..data.bundle import DataBundle
 from ..errors import TinltError
@@ -85,20 +86,28 @@ def resolve_split(cfg, split: Optional[str] = None, *, classnames: Optional[Sequ
     names = (split,) if split else ("test", "val")
     for name in names:
         node = getattr(cfg.data, name)
-        if str(node.kind or ""):
+        kind = str(node.kind or "")
+        if not kind:
+            continue
+        if kind == "holdout":  # rebuilt from data.train with the run's fraction and seed
+            from ..data.holdout import hold_out
+
+            seed = node.seed if node.seed >= 0 else cfg.train.seed
+            samples = hold_out(build_split(cfg.data.train, where="data.train"), float(node.fraction), int(seed))[1]
+        else:
             samples = build_split(node, where=f"data.{name}")
-            if classnames is not None and list(samples.classnames) != list(classnames):
-                raise TinltError(
-                    f"data.{name}: classes {list(samples.classnames)[:5]} differ from the model's {list(classnames)[:5]}"
-                )
-            return samples, name
+        if classnames is not None and list(samples.classnames) != list(classnames):
+            raise TinltError(
+                f"data.{name}: classes {list(samples.classnames)[:5]} differ from the model's {list(classnames)[:5]}"
+            )
+        return samples, name
     keys = " / ".join(f"data.{n}" for n in names)
     raise TinltError(f"no {keys} split in the config; give one (data.{names[0]}.kind=... data.{names[0]}.path=...)")
 
 
 def predict_split(model: Any, samples, cfg, num_classes: int, *, device: torch.device = torch.device("cpu"),
                   dist_info: DistInfo = DistInfo(), desc: str = "eval", features=None, transform=None,
-                  loader=None, quiet: bool = False) -> Predictions:
+                  loader=None, quiet: bool = False, keep_scores_up_to: int = 16) -> Predictions:
     """``Predictions`` (confusion, per-image predictions and, for few classes, probabilities) of
     ``model`` (a TIN, or a backend with ``logits(images)``) on ``samples``. ``transform``
     defaults to the model's eval transform; a ready ``loader`` replaces ``samples``."""
@@ -106,14 +115,49 @@ def predict_split(model: Any, samples, cfg, num_classes: int, *, device: torch.d
         transform = transform if transform is not None else make_transforms(model, cfg)[1]
         loader = eval_loader(samples, transform, cfg, dist_info, device, features=features)
     return predict_loader(model, loader, num_classes=num_classes, device=device, amp=cfg.train.amp, desc=desc,
-                          quiet=quiet)
+                          quiet=quiet, keep_scores_up_to=keep_scores_up_to)
+
+
+CSV_CLASS_COLUMNS = 100  # predictions.csv: a probability column per class up to this many classes, else top 5
+
+
+def write_predictions_csv(path: Path, samples, pred: Predictions, classnames: Sequence[str],
+                          decided: Optional[np.ndarray] = None) -> Path:
+    """``predictions.csv``: one row per image (its file, or ``<source>#<index>`` for in-memory
+    data), true and predicted class, ``correct`` (1/0), and a probability column per class
+    (``p_<class>``; with more than CSV_CLASS_COLUMNS classes the top 5 instead). With a
+    decision threshold, ``decided`` is the class at it and ``correct`` refers to it."""
+    import csv
+    import io
+
+    from .. import fileio
+
+    names = list(classnames)
+    per_class = pred.scores is not None and len(names) <= CSV_CLASS_COLUMNS
+    head = ["index", "path", "true", "predicted"] + (["decided"] if decided is not None else []) + ["correct"]
+    head += [f"p_{n}" for n in names] if per_class else ["confidence"]
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(head)
+    final = decided if decided is not None else pred.preds
+    for k, i in enumerate(pred.indices):
+        item = f"{samples.source}#{int(i)}" if samples.in_memory else str(samples.items[int(i)])
+        row = [int(i), item, names[int(pred.targets[k])], names[int(pred.preds[k])]]
+        row += [names[int(decided[k])]] if decided is not None else []
+        row += [int(final[k] == pred.targets[k])]
+        row += [f"{v:.6f}" for v in pred.scores[k]] if per_class else [f"{float(pred.confidence[k]):.6f}"]
+        w.writerow(row)
+    return fileio.write_text(path, buf.getvalue())
 
 
 def evaluate(model: Any, samples, cfg, data: DataBundle, *, rule: Optional[ThresholdRule] = None,
-             per_image: bool = True, **kwargs) -> dict:
+             per_image: bool = True, csv: Optional[Path] = None, **kwargs) -> dict:
     """Metrics of ``model`` on ``samples`` (``predict_split``'s arguments in ``kwargs``), with
-    per-image predictions (``per_image``); with a two-class ``rule`` also ``at_threshold``:
-    the same metrics for the thresholded decisions."""
+    per-image predictions (``per_image``; ``csv``: also written there, see
+    :func:`write_predictions_csv`); with a two-class ``rule`` also ``at_threshold``: the same
+    metrics for the thresholded decisions."""
+    if csv is not None:
+        kwargs.setdefault("keep_scores_up_to", CSV_CLASS_COLUMNS)
     pred = predict_split(model, samples, cfg, len(data.classnames), **kwargs)
     m = metrics_from_predictions(pred, groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
     if not per_image:
@@ -124,14 +168,17 @@ def evaluate(model: Any, samples, cfg, data: DataBundle, *, rule: Optional[Thres
         "pred": pred.preds.tolist(),
         "confidence": [round(float(c), 5) for c in pred.confidence],
     }
-    if pred.scores is not None:
+    if pred.scores is not None and len(data.classnames) <= 16:  # metrics.json keeps few-class scores (PR/ROC)
         m["predictions"]["scores"] = np.round(pred.scores, 6).tolist()
+    decided = None
     if rule is not None and pred.scores is not None:
         decided = rule.decide(pred.scores)
         confusion = confusion_matrix(pred.targets, decided, len(data.classnames))
         at = metrics_from_predictions(dataclasses.replace(pred, confusion=confusion, preds=decided),
                                       groups=data.groups, classnames=data.classnames, train_counts=data.train_counts)
         m["at_threshold"] = {"threshold": rule.value, "rule": rule.describe(), **at}
+    if csv is not None and samples is not None:
+        write_predictions_csv(csv, samples, pred, data.classnames, decided)
     return m
 
 
@@ -144,6 +191,14 @@ def scores_line(m: dict) -> str:
             f"few {f(m['few'])} | instance {f(m['instance_acc'])}")
 
 
+def banner(cfg, data, device, world_size: int, global_batch: int, lr: float, steps: int, run) -> str:
+    """The line a training run starts with: what trains on what, how, and where it goes."""
+    return (f"tinlt: {cfg.name} | {len(data.classnames)} classes, {len(data.train)} train images | model "
+            f"{cfg.model.name} | loss {cfg.loss.name} | device {device} x{world_size} | batch "
+            f"{cfg.optim.batch_size}/device, global {global_batch} | lr {lr:.3g} ({cfg.optim.lr_scaling} "
+            f"scaling) | {steps} steps | out {run.path}")
+
+
 def epoch_line(record: dict, split: str, epochs: int) -> str:
     """A training epoch's console line: loss, lr, time and the evaluation split's scores."""
     line = (f"epoch {record['epoch']}/{epochs} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
@@ -151,11 +206,37 @@ def epoch_line(record: dict, split: str, epochs: int) -> str:
     return line + (f" | {split}: " + scores_line(record[split]) if split in record else "")
 
 
+def operating_line(binary: dict, label: str, prevalence: Optional[float] = None) -> str:
+    """One console line: the rare class's precision and recall (with its 95% interval) at a
+    decision rule, and the precision to expect at the training (or a given) prevalence."""
+    from ..metrics import precision_at_prevalence
+
+    def f(v, d=3):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    ci = binary.get("recall_ci95")
+    line = (f"{label}: rare class '{binary['positive_name']}' precision {f(binary['precision'])}, recall "
+            f"{f(binary['recall'])}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f}, {binary['positives']} positives)" if ci else ""))
+    line += (f"; expected precision at the training prevalence {100 * binary['train_prevalence']:.2g}%: "
+             f"{f(binary['precision_at_train_prevalence'])}")
+    if prevalence is not None:
+        line += f", at {100 * prevalence:.3g}%: {f(precision_at_prevalence(binary['recall'], binary['fpr'], prevalence))}"
+    return line
+
+
 def evaluate_checkpoint(
-    path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None, quiet: bool = False
+    path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None, quiet: bool = False,
+    prevalence: Optional[float] = None,
 ) -> dict:
     """``tinlt eval``: a checkpoint (or run folder) on its test split, or one given by
-    ``data.test.*`` overrides; writes ``metrics.json`` into ``out_dir`` (default ``<run>/eval``)."""
+    ``data.test.*`` overrides; writes ``metrics.json`` and ``predictions.csv`` into ``out_dir``
+    (default ``<run>/eval``). Two-class runs also get their operating point: the rare class's
+    precision and recall at argmax and at a calibrated threshold, and the precision to expect
+    at the training prevalence or ``prevalence``."""
+    from ..metrics import precision_at_prevalence
+
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise TinltError(f"--prevalence must be a share in (0, 1), got {prevalence}")
     path = resolve_checkpoint(path, log=lambda msg: echo(msg, quiet=quiet))
     model, cfg, ckpt = load_model(path, overrides=overrides)
     device = resolve_device(cfg.train.device)
@@ -163,13 +244,27 @@ def evaluate_checkpoint(
     test, _ = resolve_split(cfg, classnames=ckpt["classnames"])
     data = DataBundle.from_counts(test, ckpt["classnames"], ckpt["train_counts"], ckpt["groups"])
     out = owned_output(out_dir, RunFolder.of_checkpoint(path).eval_dir, what="eval")
-    metrics = evaluate(model, test, cfg, data, device=device, desc="eval", rule=rule_of(ckpt), quiet=quiet)
     out.path.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(model, test, cfg, data, device=device, desc="eval", rule=rule_of(ckpt), quiet=quiet,
+                       csv=out.predictions_path)
+    metrics["checkpoint"] = {"path": str(Path(path).resolve()), "sha256": fileio.sha256(path)}
+    if prevalence is not None:
+        for m in (metrics, metrics.get("at_threshold") or {}):
+            if "binary" in m:
+                b = m["binary"]
+                b["precision_at_prevalence"] = {"prevalence": prevalence,
+                                                "precision": precision_at_prevalence(b["recall"], b["fpr"], prevalence)}
     out.write_metrics(metrics)
-    echo(f"eval: {scores_line(metrics)} | metrics: {out.metrics_path}", quiet=quiet)
+    echo(f"eval: {scores_line(metrics)} | metrics: {out.metrics_path}, {out.predictions_path}", quiet=quiet)
     if "at_threshold" in metrics:
         at = metrics["at_threshold"]
         echo(f"eval at the calibrated threshold ({at['rule']}): {scores_line(at)}", quiet=quiet)
+    if "binary" in metrics:
+        echo(operating_line(metrics["binary"], "operating point, argmax", prevalence), quiet=quiet)
+        if "at_threshold" in metrics:
+            echo(operating_line(metrics["at_threshold"]["binary"],
+                                f"operating point, threshold {metrics['at_threshold']['threshold']:.4g}", prevalence),
+                 quiet=quiet)
     return metrics
 
 
@@ -194,8 +289,9 @@ def zeroshot(cfg, quiet: bool = False, out_dir: Optional[str | Path] = None) -> 
     device = resolve_device(cfg.train.device)
     data = build_data(cfg)
     model = create_model(cfg.model, data.classnames, image_size=cfg.data.image_size).to(device).eval()
-    metrics = evaluate(model, data.final, cfg, data, device=device, desc="zero-shot", quiet=quiet)
     out.path.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(model, data.final, cfg, data, device=device, desc="zero-shot", quiet=quiet,
+                       csv=out.predictions_path)
     out.write_config(cfg)
     out.write_metrics(metrics)
     echo(f"zero-shot: {scores_line(metrics)} | metrics: {out.metrics_path}", quiet=quiet)

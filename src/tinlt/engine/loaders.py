@@ -18,6 +18,16 @@ from .distributed import DistInfo
 from .sampling import EpochOrder, SeededDataset, Shard
 
 
+def quiet_worker(_worker_id: int) -> None:
+    """Data-loader workers leave SIGINT / SIGTERM to the main process, which saves and stops
+    the run; otherwise a SIGTERM to the process group (Slurm, Kubernetes) kills the workers
+    first and the run ends in a worker traceback instead of a resumable checkpoint."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_transforms(model, cfg: DictConfig):
     """(train, eval) transforms for ``model``'s image tower at ``data.image_size``; with
     ``data.tta`` the eval transform gives a stack of test-time views per image."""
@@ -55,6 +65,7 @@ def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo = DistI
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
+        worker_init_fn=quiet_worker if cfg.data.num_workers and features is None else None,
     )
 
 
@@ -86,6 +97,7 @@ def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.devi
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # leave the global RNG alone
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=quiet_worker if workers > 0 else None,
     )
 
 

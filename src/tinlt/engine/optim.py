@@ -75,3 +75,8 @@ def back_off(scaler: "torch.amp.GradScaler", loss: torch.Tensor) -> None:
     the gradients overflow, or every later batch would overflow the same way."""
     scaler.scale(loss)  # initialises the scale on a first-batch overflow
     scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+
+
+def non_finite(loss: torch.Tensor, epoch: int, step: int, last_good) -> TinltError:
+    return TinltError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, optimizer step {step + 1}; last good "
+                      f"checkpoint: {last_good or 'none yet'}; lower optim.lr or check the data")

@@ -40,6 +40,7 @@ CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 LOG = "log.jsonl"
 METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"  # one row per test image (engine/inference.write_predictions_csv)
 LAST = "last.pt"
 BEST = "best.pt"
 EVAL_DIR = "eval"  # what `tinlt eval` writes, inside the run folder
@@ -53,7 +54,7 @@ ZEROSHOT_DIR = "zeroshot"  # what `tinlt zeroshot` writes, inside train.output_d
 DEPLOY_KEYS = ("model", "config", "classnames", "train_counts", "groups", "versions", "epoch", "global_step",
                "trainable_only", "base")
 
-RESULT_FILES = (LAST, BEST, LOG, METRICS)  # what a new run must not mix with
+RESULT_FILES = (LAST, BEST, LOG, METRICS, PREDICTIONS)  # what a new run must not mix with
 IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
 
 
@@ -105,6 +106,10 @@ class RunFolder:
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / PREDICTIONS
 
     @property
     def log_path(self) -> Path:

@@ -29,24 +29,25 @@ from ..errors import Interrupted, TinltError
 from ..models.adjust import apply_eval_adjustments
 from ..models.tuning import describe_trainable
 from . import checkpoint as ckpt_io
-from .device import autocast_for, compiled_forward, is_convolutional, resolve_device, wrap_for_training
-from .distributed import barrier, cleanup, init_distributed
+from .device import autocast_for, compiled_forward, is_convolutional, training_devices, wrap_for_training
+from .distributed import barrier, cleanup
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
 from .hooks import TrainContext, call_hooks
-from .inference import epoch_line, evaluate, scores_line
+from .inference import banner, epoch_line, evaluate, scores_line
 from .classifier_init import init_classifier
 from .loaders import epoch_order, eval_loader, eval_transform, make_transforms, train_dataset, train_loader
-from .optim import back_off, build_optimizer, build_scheduler, effective_lr, step_counts
-from .progress import echo, progress, quiet_while
+from .optim import back_off, build_optimizer, build_scheduler, effective_lr, non_finite, step_counts
+from .progress import LogTicker, echo, progress, quiet_while
 from .resume import RETUNED, check_data, claim, load_resume, retune_optimizer
 from .run_folder import RunFolder, RunLock
+from .selection import record_selection, select_posthoc_tau
 from .signals import StopRequest
 
 
 # checkpoint key -> attribute with state_dict() (the model's is ckpt_io.model_state); counters as they are
 _STATEFUL = {"optimizer": "optimizer", "scheduler": "scheduler", "loss": "loss_fn", "grad_ratio": "grad_ratio"}
-_COUNTERS = ("epoch", "batch_in_epoch", "global_step", "best_score", "history")
+_COUNTERS = ("epoch", "batch_in_epoch", "global_step", "best_score", "history", "stale_evals")
 
 
 class _Run:
@@ -54,14 +55,10 @@ class _Run:
 
     def __init__(self, cfg: DictConfig, hooks: Sequence[Any], command: Optional[list[str]]) -> None:
         self.cfg, self.hooks, self.command = cfg, list(hooks), command
-        self.device = resolve_device(cfg.train.device)
-        self.dist = init_distributed(self.device)
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)
+        self.device, self.dist = training_devices(cfg.train.device)
         self.main = self.dist.is_main
         self.run = RunFolder(cfg.train.output_dir)
-        self.epoch = self.batch_in_epoch = self.global_step = 0
+        self.epoch = self.batch_in_epoch = self.global_step = self.stale_evals = 0  # stale: evals since the best
         self.best_score, self.history = -1.0, []
         self.loss_sum, self.n_seen = 0.0, 0
         self.changes: set[str] = set()
@@ -106,6 +103,7 @@ class _Run:
         self.use_scaler = self.device.type == "cuda" and cfg.train.amp == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.grad_ratio = GradientRatio(len(self.data.classnames))
+        self.ticker = LogTicker(self.total_steps)  # log lines with ETAs where no bar shows
         self.train_model = wrap_for_training(self.model, cfg, self.dist, self.device)
 
     def restore(self, ckpt: dict) -> None:
@@ -118,7 +116,7 @@ class _Run:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         for key in _COUNTERS:
-            setattr(self, key, ckpt[key])
+            setattr(self, key, ckpt.get(key, getattr(self, key)))
         self.loss_sum, self.n_seen = ckpt["epoch_loss"]
         rng = ckpt["rng"]
         ckpt_io.set_rng_state(rng[self.dist.rank] if isinstance(rng, list) else rng)
@@ -140,24 +138,22 @@ class _Run:
         from .loggers import make_logger
 
         cfg, data = self.cfg, self.data
-        lr = effective_lr(cfg.optim, self.global_batch)
         if self.main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.write_config(cfg)
             if resumed:  # the log holds what the checkpoint holds: a killed run's lost records go
                 self.run.rewrite_log(self.history)
+            lr = effective_lr(cfg.optim, self.global_batch)
             self.run.write_run_info({
                 "command": self.command or sys.argv, "seed": cfg.train.seed, "versions": ckpt_io.versions(),
                 "device": str(self.device), "world_size": self.dist.world_size, "per_device_batch": cfg.optim.batch_size,
                 "global_batch": self.global_batch, "lr_effective": lr, "lr_scaling": cfg.optim.lr_scaling,
-                "train_images": len(data.train), "eval_split": data.eval_name, **data.summary()})
+                "train_images": len(data.train), "eval_split": data.eval_name, **data.summary(),
+                "held_out": None if data.held_out is None else data.held_out.tolist()})
             echo(describe_trainable(self.model))
-            echo(
-                f"tinlt: {cfg.name} | {len(data.classnames)} classes, {len(data.train)} train images | model "
-                f"{cfg.model.name} | loss {cfg.loss.name} | device {self.device} x{self.dist.world_size} | batch "
-                f"{cfg.optim.batch_size}/device, global {self.global_batch} | lr {lr:.3g} ({cfg.optim.lr_scaling} "
-                f"scaling) | {self.total_steps} steps | out {self.run.path}"
-            )
+            echo(banner(cfg, data, self.device, self.dist.world_size, self.global_batch, lr, self.total_steps, self.run))
+            if data.selection_note():
+                print(f"tinlt: warning: {data.selection_note()}", file=sys.stderr)
         self.logger = make_logger(cfg, self.run.path, is_main=self.main)  # TensorBoard if train.tensorboard
         self.ctx = TrainContext(cfg=cfg, run=self.run, logger=self.logger, features=self.features)
         self.eval_dl = eval_loader(data.evaluation, self.eval_tf, cfg, self.dist, self.device,
@@ -200,9 +196,8 @@ class _Run:
         done = self.global_step >= self.total_steps
         with StopRequest() as stop:
             while self.epoch < cfg.optim.epochs and not done:
-                done = self.train_epoch(stop)
-                last_epoch = self.end_epoch(done)
-                if stop.signum is not None and not last_epoch:
+                done = self.end_epoch(self.train_epoch(stop))  # the last epoch: planned, or stopped early
+                if stop.signum is not None and not done:
                     raise Interrupted(stop.signum, self.run.last)
 
     def train_epoch(self, stop: StopRequest) -> bool:
@@ -252,10 +247,7 @@ class _Run:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.batch_in_epoch += 1
                 return None
-            raise TinltError(
-                f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, optimizer step {self.global_step + 1}; "
-                f"last good checkpoint: {self.run.resume_checkpoint() or 'none yet'}; lower optim.lr or check the data"
-            )
+            raise non_finite(loss, self.epoch, self.global_step, self.run.resume_checkpoint())
         self.scaler.scale(loss / accum).backward()
         if logits.grad is not None:
             self.grad_ratio.update(logits.grad * (accum / self.scaler.get_scale()), targets)  # unscaled (fp16)
@@ -276,6 +268,8 @@ class _Run:
         lr = self.scheduler.get_last_lr()[0]
         self.logger.log_step(self.global_step, {"loss": loss.item(), "lr": lr})
         it.set_postfix(loss=f"{self.loss_sum / max(self.n_seen, 1):.4f}", lr=f"{lr:.2e}")
+        self.ticker.tick(self.global_step, epoch=self.epoch + 1, epochs=self.cfg.optim.epochs,
+                         batch=self.batch_in_epoch, batches=self.per_epoch_batches, accum=self.cfg.optim.accum_steps)
 
     def end_epoch(self, done: bool) -> bool:
         """The epoch's record (loss, lr, time, evaluation), its log line and its checkpoint;
@@ -291,9 +285,12 @@ class _Run:
             m = evaluate(self.model, None, cfg, data, device=self.device, loader=self.eval_dl,
                          desc=f"eval ({data.eval_name})", per_image=False)
             record[data.eval_name] = {k: m[k] for k in ("overall", "instance_acc", "many", "medium", "few")}
-            if data.eval_name == "test" or m["overall"] > self.best_score:  # without a val split, "best" is the last
-                self.best_score = m["overall"]
-                record["best"] = True
+            better = data.eval_name == "test" or m["overall"] > self.best_score  # without val, "best" is the last
+            self.best_score, self.stale_evals = (m["overall"], 0) if better else (self.best_score, self.stale_evals + 1)
+            record["best"] = better or None
+            if 0 < cfg.train.early_stopping <= self.stale_evals and not last_epoch:
+                last_epoch = record["stopped_early"] = True
+        record = {k: v for k, v in record.items() if v is not None}
         record["grad_ratio"] = self.grad_ratio.ratio().tolist()
         self.history.append(record)
         if self.main:
@@ -305,12 +302,17 @@ class _Run:
         return last_epoch
 
     def finish(self, start_time: float) -> dict:
-        """The test split, scored once with the selected weights (best.pt); metrics.json."""
-        if self.run.best.is_file():
-            ckpt_io.load_model_state(self.model, ckpt_io.load_checkpoint(self.run.best), where=str(self.run.best))
+        """Choices on the validation split (post-hoc tau), then the test split, scored once with the
+        selected weights (best.pt); metrics.json."""
+        best = ckpt_io.load_checkpoint(self.run.best) if self.run.best.is_file() else None
+        if best is not None:
+            ckpt_io.load_model_state(self.model, best, where=str(self.run.best))
+        if (chosen := select_posthoc_tau(self.model, self.eval_dl, self.data, self.cfg, self.device)) and self.main:
+            record_selection(self.run, best, self.cfg)
         metrics = evaluate(self.model, self.data.final, self.cfg, self.data, device=self.device, dist_info=self.dist,
-                           desc="test", features=self.eval_features, transform=self.eval_tf)
-        metrics["train_time_s"] = round(time.time() - start_time, 1)
+                           desc="test", features=self.eval_features, transform=self.eval_tf,
+                           csv=self.run.predictions_path if self.main else None)
+        metrics.update(train_time_s=round(time.time() - start_time, 1), **({"selection": chosen} if chosen else {}))
         if self.main:
             self.run.write_metrics(metrics)
             echo(f"test: {scores_line(metrics)} | metrics: {self.run.metrics_path}")

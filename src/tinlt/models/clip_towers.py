@@ -474,6 +474,12 @@ def load_openclip_model(name: str, pretrained: str = "", image_size: Optional[in
             raise TinltError(f"{path}: cannot load into model '{name}': {_one_line(e)}") from None
 
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg and not _hub_reachable():  # fail in a second instead of ~30 s of hub retries
+        raise TinltError(
+            f"model.pretrained = '{pretrained}': the open_clip weights for '{name}' come from the Hugging Face "
+            "hub, which is not reachable from here; download the checkpoint on a connected machine and set "
+            "model.pretrained=/path/to/file"
+        )
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
         known = ", ".join(tags) if tags else "none"
@@ -489,6 +495,25 @@ def load_openclip_model(name: str, pretrained: str = "", image_size: Optional[in
             f"({_one_line(e, 120)}); download the checkpoint on a connected machine and set "
             "model.pretrained=/path/to/file"
         ) from None
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers (HF_HUB_OFFLINE=1 means no), checked once per process."""
+    global _HUB
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    if _HUB is None:
+        import socket
+
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            _HUB = True
+        except OSError:
+            _HUB = False
+    return _HUB
+
+
+_HUB: Optional[bool] = None
 
 
 def create_openclip_towers(

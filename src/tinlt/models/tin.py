@@ -359,6 +359,10 @@ class TIN(nn.Module):
         if getattr(self.head, "bias", None) is not None:
             self.head.bias.zero_()
 
+    def eval_adjustments(self) -> tuple[Optional[float], Optional[torch.Tensor]]:
+        """(tau_norm, logit offset) as ``set_eval_adjustments`` set them."""
+        return self._tau_norm, self._buffers.get("logit_offset")
+
     def set_eval_adjustments(self, *, tau_norm: Optional[float] = None,
                              logit_offset: Optional[torch.Tensor] = None) -> None:
         """Evaluation-time adjustments (models/adjust.py), applied in eval mode only:
