@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Optional, Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -81,22 +82,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(_to_uint8(arr, "RGB") if arr.dtype != np.uint8 else arr, "RGB")
 
 
-def open_image(path: Union[str, os.PathLike], draft_size: Optional[int] = None) -> Image.Image:
-    """Decode ``path`` to an upright RGB image.
+def open_image(path: Union[str, os.PathLike, BinaryIO], draft_size: Optional[int] = None,
+               max_pixels: Optional[int] = None) -> Image.Image:
+    """Decode ``path`` (or an open binary file, e.g. an upload's bytes) to an upright RGB image.
 
     ``draft_size``: a JPEG at least twice this size on both sides is decoded at a reduced
     scale that keeps both sides >= ``draft_size`` (libjpeg DCT scaling: fast and small).
-    Raises ``ValueError`` for an image over :data:`MAX_PIXELS` after that reduction, and
-    whatever Pillow raises for unreadable files (``OSError``, ``SyntaxError``, ...).
+    Raises ``ValueError`` for an image over ``max_pixels`` (default :data:`MAX_PIXELS`) after
+    that reduction, before any pixel is decoded (decompression bombs), and whatever Pillow
+    raises for unreadable files (``OSError``, ``SyntaxError``, ...).
     """
-    with open(path, "rb") as f:
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    with contextlib.ExitStack() as stack:
+        f = path if hasattr(path, "read") else stack.enter_context(open(path, "rb"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size below
             img = Image.open(f)
             if draft_size and img.format == "JPEG":
                 img.draft(None, (int(draft_size), int(draft_size)))
             w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ValueError(f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit")
+            if w * h > limit:
+                raise ValueError(f"image is {w}x{h} = {w * h / 1e6:.3g} MP, over the {limit / 1e6:.3g} MP limit")
             img.load()
     return to_rgb(img)

@@ -75,6 +75,7 @@ def build_metadata(model: nn.Module, cfg: Any, ckpt: dict, checkpoint: str | Pat
     info = ckpt.get("threshold_info")
     return {
         "classnames": list(ckpt["classnames"]),
+        "train_counts": [int(c) for c in ckpt.get("train_counts", [])],  # tinlt mine: the rare class
         "templates": list(model.templates) if model.uses_text_head else [],
         "preprocess": pre.to_dict(),
         "threshold": None if ckpt.get("threshold") is None else float(ckpt["threshold"]),

@@ -21,7 +21,7 @@ from ..metrics import threshold_rule
 from .types import Preprocess, predict_rows, softmax, view_logits
 
 # metadata keys written by tinlt.deploy.export; each value is a JSON string
-META_KEYS = ("classnames", "templates", "preprocess", "threshold", "threshold_info", "tinlt_version", "source_checkpoint", "model")
+META_KEYS = ("classnames", "train_counts", "templates", "preprocess", "threshold", "threshold_info", "tinlt_version", "source_checkpoint", "model")
 
 
 def _json_meta(meta: dict, key: str, path: Path) -> Any:

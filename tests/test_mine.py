@@ -1,0 +1,161 @@
+"""``tinlt mine``: ranking an unlabeled pool, collapsing near-duplicates, listing unreadable files.
+
+Every number is re-derived here from the ``p_<class>`` columns and from imagehash directly;
+the contact sheet is loaded in a real headless browser.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinlt.cli import main
+
+pytest.importorskip("imagehash")
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+COLOURS = {"sound_clamp": (200, 60, 60), "rusty_clamp": (60, 60, 200)}
+
+
+def _img(colour, seed: int, size: int = 64) -> Image.Image:
+    """The class colour plus a smooth pattern of its own per seed (distinct perceptual hashes)."""
+    rng = np.random.default_rng(seed)
+    small = np.clip(np.array(colour) + rng.integers(-60, 60, (6, 6, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mine")
+    for split, counts in (("train", {"sound_clamp": 14, "rusty_clamp": 4}), ("test", {"sound_clamp": 3, "rusty_clamp": 3})):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                _img(COLOURS[cls], 1000 * (split == "test") + 100 * (cls == "rusty_clamp") + i).save(
+                    root / split / cls / f"{i}.png")
+    run = root / "run"
+    assert main(["train", "model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "optim.batch_size=4",
+                 "optim.epochs=2", "optim.lr=1e-3", "optim.name=adamw", "train.quiet=true", "train.report=false",
+                 "data.train.kind=folder", f"data.train.path={root / 'train'}", "data.test.kind=folder",
+                 f"data.test.path={root / 'test'}", f"train.output_dir={run}"]) == 0
+    onnx = root / "model.onnx"
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(onnx)]) == 0
+    return run, onnx
+
+
+@pytest.fixture()
+def pool(tmp_path) -> Path:
+    p = tmp_path / "pool"
+    (p / "flight_1").mkdir(parents=True)
+    (p / "flight_2").mkdir()
+    for i in range(20):
+        _img(COLOURS["sound_clamp"], 500 + i).save(p / "flight_1" / f"s{i:02d}.png")
+    for i in range(3):
+        _img(COLOURS["rusty_clamp"], 600 + i).save(p / "flight_2" / f"r{i}.png")
+    # the same rusty photo again, recompressed and resized: a near-duplicate
+    _img(COLOURS["rusty_clamp"], 600).resize((96, 96), Image.BICUBIC).save(p / "flight_2" / "r0_again.jpg", quality=90)
+    (p / "flight_2" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return p
+
+
+def _ranked(out: Path) -> list[dict]:
+    with open(out / "ranked.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_mine_ranks_by_the_rare_class_and_collapses_duplicates(model, pool, tmp_path, capsys):
+    import imagehash
+
+    _, onnx = model
+    out = tmp_path / "out"
+    assert main(["mine", str(pool), "--model", str(onnx), "--top", "5", "--out", str(out), "-q"]) == 0
+    rows = _ranked(out)
+    assert len(rows) == 24  # 25 files, one unreadable
+    # the rare class is the one with fewer training images; the score is its probability, best first
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert all(float(r["score"]) == pytest.approx(float(r["p_rusty clamp"]), abs=1e-6) for r in rows)
+    # the recompressed copy is collapsed onto the original (whichever ranks first), by an independent pHash
+    a, b = pool / "flight_2" / "r0.png", pool / "flight_2" / "r0_again.jpg"
+    assert imagehash.phash(Image.open(a).convert("RGB")) - imagehash.phash(Image.open(b).convert("RGB")) <= 4
+    by_path = {r["path"]: r for r in rows}
+    collapsed = [r for r in rows if r["duplicate_of"]]
+    assert {r["path"] for r in collapsed} & {str(a), str(b)} and all(r["rank"] == "" for r in collapsed)
+    pair = {str(a), str(b)}
+    loser = next(r for r in collapsed if r["path"] in pair)
+    assert loser["duplicate_of"] in pair - {loser["path"]} and by_path[loser["duplicate_of"]]["rank"] != ""
+    kept = [r for r in rows if r["rank"]]
+    assert [int(r["rank"]) for r in kept] == list(range(1, len(kept) + 1))
+    # to_label.txt: the first five kept, in order
+    assert (out / "to_label.txt").read_text().splitlines() == [r["path"] for r in kept[:5]]
+    bad = list(csv.DictReader(open(out / "unreadable.csv")))
+    assert [Path(r["path"]).name for r in bad] == ["corrupt.jpg"] and bad[0]["reason"]
+    rec = json.loads((out / "mine.json").read_text())
+    assert rec["class"] == "rusty clamp" and rec["unreadable"] == 1 and rec["collapsed"] == len(collapsed)
+    assert "label these first" in capsys.readouterr().out
+
+
+def test_mine_by_uncertainty_and_checkpoint_agrees_with_onnx(model, pool, tmp_path):
+    run, onnx = model
+    a, b = tmp_path / "onnx", tmp_path / "ckpt"
+    assert main(["mine", str(pool), "--model", str(onnx), "--by", "margin", "--no-dedupe", "--out", str(a), "-q"]) == 0
+    assert main(["mine", str(pool), "--checkpoint", str(run / "best.pt"), "--by", "margin", "--no-dedupe",
+                 "--out", str(b), "-q"]) == 0
+    ra, rb = _ranked(a), _ranked(b)
+    for r in ra:  # margin: 1 - (top probability - second), from the probability columns
+        p = sorted([float(r["p_rusty clamp"]), float(r["p_sound clamp"])], reverse=True)
+        assert float(r["score"]) == pytest.approx(1 - (p[0] - p[1]), abs=2e-6)
+    pa = {r["path"]: float(r["p_rusty clamp"]) for r in ra}
+    pb = {r["path"]: float(r["p_rusty clamp"]) for r in rb}
+    assert pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa)
+    assert not any(r["duplicate_of"] for r in ra)  # --no-dedupe
+
+
+def test_mine_bad_class_and_empty_pool_are_one_line(model, tmp_path, capsys):
+    _, onnx = model
+    (tmp_path / "empty").mkdir()
+    assert main(["mine", str(tmp_path / "empty"), "--model", str(onnx), "--out", str(tmp_path / "o")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    (tmp_path / "p").mkdir()
+    _img((0, 0, 0), 1).save(tmp_path / "p" / "x.png")
+    assert main(["mine", str(tmp_path / "p"), "--model", str(onnx), "--class", "rusty", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinlt: error: --class 'rusty'") and "did you mean 'rusty clamp'" in err and "\n" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install chromium")
+def test_contact_sheet_renders_in_a_headless_browser(model, pool, tmp_path):
+    import re
+
+    _, onnx = model
+    out = tmp_path / "out"
+    assert main(["mine", str(pool), "--model", str(onnx), "--top", "6", "--out", str(out), "-q"]) == 0
+    page = (out / "contact_sheet.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    probe = out / "_probe.html"
+    probe.write_text(page.replace("</body>", (
+        "<script>window.addEventListener('load',()=>{const im=[...document.images];"
+        "const ok=im.filter(i=>i.complete&&i.naturalWidth>0).length;"
+        "document.body.setAttribute('data-probe',ok+'/'+im.length+':'+document.documentElement.scrollWidth);});"
+        "</script></body>")))
+    res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-dev-shm-usage",
+                          f"--user-data-dir={tmp_path / 'u'}", "--window-size=1200,900", "--virtual-time-budget=10000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=90)
+    found = re.search(r'data-probe="(\d+)/(\d+):(\d+)"', res.stdout)
+    assert found, res.stderr[-1000:]
+    ok, n, width = map(int, found.groups())
+    assert ok == n == 6 and width <= 1200
+    # each card names its file and score, as ranked.csv does
+    kept = [r for r in _ranked(out) if r["rank"]][:6]
+    for r in kept:
+        assert Path(r["path"]).name in page and f"{float(r['score']):.4f}" in page

@@ -1,0 +1,326 @@
+"""``tinlt serve``: the real server in a subprocess on a loopback port, talked to over HTTP.
+
+A tiny two-class model is trained, calibrated and exported to ONNX once for the module.
+Predictions must equal ``tinlt predict --model`` for the same images; every limit answers
+its 4xx with a reason; the API key is enforced; SIGTERM during a request lets it finish.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+pytest.importorskip("onnxruntime")
+
+from tinlt.cli import main  # noqa: E402
+
+COLOURS = {"common_part": (200, 60, 60), "rare_part": (60, 60, 200)}
+
+
+def _png(colour, seed: int, size: int = 24) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour) + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(onnx path, folder of test images): a calibrated two-class tiny model."""
+    root = tmp_path_factory.mktemp("serve")
+    for split, counts in (("train", {"common_part": 12, "rare_part": 4}), ("test", {"common_part": 5, "rare_part": 5})):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (root / split / cls / f"{i}.png").write_bytes(_png(COLOURS[cls], hash((split, cls, i)) % 1000))
+    run = root / "run"
+    common = ["model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "optim.batch_size=4",
+              "optim.epochs=2", "optim.lr=1e-3", "optim.name=adamw", "train.quiet=true", "train.report=false",
+              "data.train.kind=folder", f"data.train.path={root / 'train'}", "data.test.kind=folder",
+              f"data.test.path={root / 'test'}", f"train.output_dir={run}"]
+    assert main(["train", *common]) == 0
+    assert main(["calibrate", "--checkpoint", str(run / "best.pt"), "--split", "test", "--target-recall", "0.8",
+                 "-q"]) == 0
+    onnx = root / "model.onnx"
+    assert main(["export", "--checkpoint", str(run / "eval" / "calibrated.pt"), "--out", str(onnx)]) == 0
+    return onnx, root / "test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *args: str, env: dict | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "tinlt", "serve", str(model), "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, **(env or {})))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.communicate()[1][-2000:]
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.proc.kill()
+        pytest.fail("server did not become ready")
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    s = Server(served[0], "--max-images", "4", "--max-request-mb", "1", "--max-pixels", "250000",
+               "--max-wait-ms", "20")
+    yield s
+    s.stop()
+
+
+def _files(paths):
+    return [("image", (p.name, p.read_bytes(), "image/png")) for p in paths]
+
+
+def test_predictions_equal_tinlt_predict(served, server, tmp_path):
+    onnx, test = served
+    paths = sorted(test.rglob("*.png"))[:4]
+    ref = tmp_path / "ref.json"
+    assert main(["predict", *map(str, paths), "--model", str(onnx), "--out", str(ref)]) == 0
+    expected = json.loads(ref.read_text())
+    r = httpx.post(server.url + "/v1/predict", files=_files(paths), timeout=30)
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    assert [g["name"] for g in got] == [p.name for p in paths]  # request order
+    for g, e in zip(got, expected):
+        assert g["probs"] == pytest.approx(e["probs"], abs=1e-6)
+        assert [t["class"] for t in g["topk"]] == [t["class"] for t in e["topk"]]
+        assert g["prediction"] == e["prediction"]  # the calibrated threshold's decision
+    # the same images as JSON base64
+    body = {"images": [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in paths], "topk": 1}
+    r = httpx.post(server.url + "/v1/predict", json=body, timeout=30)
+    assert r.status_code == 200
+    for g, e in zip(r.json()["results"], expected):
+        assert g["probs"] == pytest.approx(e["probs"], abs=1e-6) and len(g["topk"]) == 1
+
+
+def test_model_card_and_health(served, server):
+    card = httpx.get(server.url + "/v1/model").json()
+    assert card["classnames"] == ["common part", "rare part"] and card["kind"] == "onnx"
+    assert card["threshold"]["positive_class"] == "rare part" and 0 <= card["threshold"]["value"] <= 1
+    import hashlib
+
+    assert card["file_sha256"] == hashlib.sha256(served[0].read_bytes()).hexdigest()
+    assert card["preprocess"]["image_size"] == 32 and card["source_checkpoint"]["sha256"]
+    assert httpx.get(server.url + "/health").json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("case", ["bytes", "streamed_bytes", "images", "pixels", "type", "bad", "empty", "base64"])
+def test_each_limit_is_a_4xx_with_a_reason(served, server, case):
+    ok = sorted(served[1].rglob("*.png"))[0]
+    url = server.url + "/v1/predict"
+    if case == "bytes":
+        r = httpx.post(url, files=[("image", ("big.png", b"\0" * (2 << 20), "image/png"))])
+        status, needle = 413, "over the 1,048,576-byte limit"
+    elif case == "streamed_bytes":  # no Content-Length: counted while it arrives
+        def chunks():
+            for _ in range(40):
+                yield b"x" * 65536
+        r = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
+        status, needle = 413, "over the 1,048,576-byte limit"
+    elif case == "images":
+        r = httpx.post(url, files=_files([ok] * 5))
+        status, needle = 413, "images in the request, over the limit of 4"
+    elif case == "pixels":
+        buf = io.BytesIO()
+        Image.new("RGB", (600, 600)).save(buf, format="PNG")  # 0.36 MP > 0.25 MP
+        r = httpx.post(url, files=[("image", ("huge.png", buf.getvalue(), "image/png"))])
+        status, needle = 413, "huge.png"
+    elif case == "type":
+        r = httpx.post(url, content=b"hello", headers={"content-type": "text/plain"})
+        status, needle = 415, "multipart/form-data"
+    elif case == "bad":
+        r = httpx.post(url, files=[("image", ("notes.png", b"not an image", "image/png"))])
+        status, needle = 422, "notes.png"
+    elif case == "empty":
+        r = httpx.post(url, files={"note": (None, "no files here")})
+        status, needle = 422, "no images"
+    else:
+        r = httpx.post(url, json={"images": ["%%%"]})
+        status, needle = 422, "not valid base64"
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err and "\n" not in err
+    # the server is still fine
+    assert httpx.post(url, files=_files([ok])).status_code == 200
+
+
+def test_a_bad_image_does_not_take_the_others_down(served, server):
+    good = sorted(served[1].rglob("*.png"))[:2]
+    files = [_files([good[0]])[0], ("image", ("broken.png", b"\x89PNG broken", "image/png")), _files([good[1]])[0]]
+    r = httpx.post(server.url + "/v1/predict", files=files)
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x["name"] for x in res] == [good[0].name, "broken.png", good[1].name]
+    assert res[1]["status"] == 422 and "broken.png" in res[1]["error"] and "probs" in res[0] and "probs" in res[2]
+
+
+def test_metrics_count_requests_and_batches(server, served):
+    ok = sorted(served[1].rglob("*.png"))[0]
+
+    def scrape():
+        text = httpx.get(server.url + "/metrics").text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("tinlt_") and " " in line:
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    before = scrape()
+    n = 12
+    threads = [threading.Thread(target=lambda: httpx.post(server.url + "/v1/predict", files=_files([ok]), timeout=30))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = scrape()
+    key = 'tinlt_requests_total{code="200",route="/v1/predict"}'
+    assert after[key] - before.get(key, 0.0) == n
+    images = after["tinlt_batch_size_sum"] - before.get("tinlt_batch_size_sum", 0.0)
+    calls = after["tinlt_batch_size_count"] - before.get("tinlt_batch_size_count", 0.0)
+    assert images == n and 1 <= calls <= n
+    assert after['tinlt_request_seconds_count{route="/v1/predict"}'] >= n
+
+
+def test_api_key_is_enforced(served):
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        subprocess.run([sys.executable, "-m", "tinlt", "serve", str(served[0]), "--host", "0.0.0.0"],
+                       capture_output=True, text=True, check=True, timeout=60, env={**os.environ, "TINLT_API_KEY": ""})
+    err = e.value.stderr.strip()
+    assert e.value.returncode == 2 and err.startswith("tinlt: error: --host 0.0.0.0") and "\n" not in err
+    s = Server(served[0], env={"TINLT_API_KEY": "s3cret"})
+    try:
+        ok = sorted(served[1].rglob("*.png"))[0]
+        url = s.url + "/v1/predict"
+        assert httpx.post(url, files=_files([ok])).status_code == 401
+        assert httpx.post(url, files=_files([ok]), headers={"X-API-Key": "wrong"}).json()["error"] == "wrong API key"
+        assert httpx.post(url, files=_files([ok]), headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.post(url, files=_files([ok]), headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert httpx.get(s.url + "/v1/model").status_code == 401 and httpx.get(s.url + "/metrics").status_code == 401
+        assert httpx.get(s.url + "/health").status_code == 200  # probes need no key
+    finally:
+        s.stop()
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "tinltboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _slow_post(url: str, body: bytes, ctype: str, pause: float, result: dict, started: threading.Event) -> None:
+    def chunks():
+        step = max(1, len(body) // 10)
+        for i in range(0, len(body), step):
+            yield body[i:i + step]
+            started.set()
+            time.sleep(pause)
+    try:
+        r = httpx.post(url, content=chunks(), headers={"content-type": ctype}, timeout=60)
+        result["status"], result["json"] = r.status_code, r.json()
+    except Exception as e:  # noqa: BLE001 - the assertion below shows it
+        result["error"] = repr(e)
+
+
+def test_sigterm_during_a_request_lets_it_finish(served):
+    s = Server(served[0])
+    ok = sorted(served[1].rglob("*.png"))[0]
+    body, ctype = _multipart(ok.name, ok.read_bytes())
+    result: dict = {}
+    started = threading.Event()
+    t = threading.Thread(target=_slow_post, args=(s.url + "/v1/predict", body, ctype, 0.2, result, started))
+    t.start()
+    assert started.wait(30)
+    s.proc.send_signal(signal.SIGTERM)  # mid-upload: about 2 s of body still to come
+    t.join(60)
+    rc, out, err = s.stop()
+    assert result.get("status") == 200, (result, err[-1000:])
+    assert result["json"]["results"][0]["name"] == ok.name
+    # uvicorn re-raises the signal after draining: the exit status says SIGTERM, with no traceback
+    assert rc == -signal.SIGTERM and "Traceback" not in err, err[-2000:]
+
+
+def test_concurrency_limit_is_429(served):
+    s = Server(served[0], "--max-concurrency", "1")
+    try:
+        ok = sorted(served[1].rglob("*.png"))[0]
+        body, ctype = _multipart(ok.name, ok.read_bytes())
+        result: dict = {}
+        started = threading.Event()
+        t = threading.Thread(target=_slow_post, args=(s.url + "/v1/predict", body, ctype, 0.15, result, started))
+        t.start()
+        assert started.wait(30)
+        time.sleep(0.3)  # the slow request is inside the handler now
+        r = httpx.post(s.url + "/v1/predict", files=_files([ok]))
+        assert r.status_code == 429 and "1 requests in progress" in r.json()["error"]
+        t.join(60)
+        assert result.get("status") == 200, result
+    finally:
+        s.stop()
+
+
+def test_health_is_503_until_the_model_is_loaded(served):
+    from starlette.testclient import TestClient
+
+    from tinlt.deploy.backends import open_model
+    from tinlt.deploy.serve import ServeConfig, create_app
+
+    gate = threading.Event()
+
+    def slow_load():
+        gate.wait(30)
+        return open_model(served[0])
+
+    with TestClient(create_app(slow_load, ServeConfig())) as client:
+        assert client.get("/health").status_code == 503 and client.get("/health").json()["status"] == "loading"
+        assert client.post("/v1/predict", files=_files(sorted(served[1].rglob("*.png"))[:1])).status_code == 503
+        gate.set()
+        deadline = time.monotonic() + 30
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_the_onnx_server_never_imports_torch(served):
+    code = ("import sys; from tinlt.deploy.backends import open_model; from tinlt.deploy.serve import ServeConfig, "
+            f"create_app; create_app(lambda: None, ServeConfig()); open_model({str(served[0])!r}); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "ok", res.stderr[-2000:]
