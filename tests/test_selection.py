@@ -119,6 +119,21 @@ def test_selecting_on_test_warns_and_early_stopping_stops(dataset, tmp_path, cap
     assert torch.load(es / "best.pt", weights_only=True)["epoch"] == 1  # the first evaluation stays the best
 
 
+def test_best_checkpoint_last_keeps_the_final_epoch(dataset, tmp_path):
+    from tinlt.engine.run_folder import RunFolder
+    from tinlt.sweep import val_score
+
+    # lr 0 again: the first evaluation is the best on val, yet best.pt must be the final epoch
+    out = tmp_path / "last"
+    assert main(["train", *common_args(out, epochs=3), *split_args("folder", dataset), *HOLDOUT,
+                 "optim.lr=1e-30", "train.best_checkpoint=last"]) == 0
+    log = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 3 and all(r["best"] for r in log)
+    # the score a recipe is chosen by is then the final epoch's on val
+    m = json.loads((out / "metrics.json").read_text())
+    assert val_score(RunFolder(out), m) == pytest.approx(log[-1]["val"]["overall"])
+
+
 def test_sweep_seeds_report_mean_and_std(dataset, tmp_path):
     from tinlt.sweep import mean_std
 

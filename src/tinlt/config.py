@@ -70,6 +70,7 @@ CHOICES = {
     "optim.schedule": SCHEDULES,
     "optim.lr_scaling": LR_SCALINGS,
     "train.amp": AMP_MODES,
+    "train.best_checkpoint": ("val", "last"),
 }
 SPLIT_KEYS = ("data.train", "data.val", "data.test")
 
@@ -232,6 +233,10 @@ class TrainConfig:
     posthoc_tau: float = 0.0  # post-hoc logit adjustment: logits - tau * log(train prior); 0 = off
     posthoc_tau_grid: List[float] = field(default_factory=list)  # choose posthoc_tau from these on data.val
     early_stopping: int = 0  # stop after this many evaluations without a better val score; 0 = off
+    # what best.pt holds: "val" the epoch with the best data.val score; "last" the final epoch (the
+    # schedule run to its end), for a validation split too small to pick epochs by (it still
+    # drives early stopping, post-hoc tau and the choice between recipes)
+    best_checkpoint: str = "val"
     tau_norm: Optional[float] = None  # linear head: tau-normalise the weight rows w_c / ||w_c||^tau, bias dropped
 
 

@@ -285,9 +285,12 @@ class _Run:
             m = evaluate(self.model, None, cfg, data, device=self.device, loader=self.eval_dl,
                          desc=f"eval ({data.eval_name})", per_image=False)
             record[data.eval_name] = {k: m[k] for k in ("overall", "instance_acc", "many", "medium", "few")}
-            better = data.eval_name == "test" or m["overall"] > self.best_score  # without val, "best" is the last
-            self.best_score, self.stale_evals = (m["overall"], 0) if better else (self.best_score, self.stale_evals + 1)
-            record["best"] = better or None
+            improved = data.eval_name == "test" or m["overall"] > self.best_score  # without val, "best" is the last
+            if improved:
+                self.best_score, self.stale_evals = m["overall"], 0
+            else:
+                self.stale_evals += 1
+            record["best"] = (improved or cfg.train.best_checkpoint == "last") or None
             if 0 < cfg.train.early_stopping <= self.stale_evals and not last_epoch:
                 last_epoch = record["stopped_early"] = True
         record = {k: v for k, v in record.items() if v is not None}
