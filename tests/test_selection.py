@@ -100,6 +100,15 @@ def test_posthoc_tau_is_chosen_on_val_and_deployed(dataset, tmp_path, capsys):
         assert m["selection"]["val_overall_by_tau"][str(t)] == pytest.approx(by_hand[t])
     assert by_hand[tau] == max(by_hand.values()) and tau == min(t for t in grid if by_hand[t] == by_hand[tau])
     assert ckpt["config"]["train"]["posthoc_tau"] == tau  # deployment applies the choice
+    # the chosen tau written back to config.yaml does not make the finished run look like a new one
+    # (sweep / benchmark / demo reuse it instead of retraining)
+    from tinlt.config import load_config
+    from tinlt.engine.run_folder import RunFolder
+
+    if tau != 0.0:
+        assert RunFolder(out).saved_config()["train"]["posthoc_tau"] == tau
+    assert RunFolder(out).state(load_config(None, argv[1:])) == "done"
+    assert RunFolder(out).state(load_config(None, [*argv[1:], "train.posthoc_tau_grid=[0,1]"])) == "run"
     # without a validation split the choice would be made on the test split: refused
     assert main(["train", *common_args(tmp_path / "r2"), *split_args("folder", dataset),
                  "train.posthoc_tau_grid=[0,1]"]) == 2
@@ -146,8 +155,17 @@ def test_sweep_seeds_report_mean_and_std(dataset, tmp_path):
          if not o.startswith("train.output_dir")])))
     grid.write_text(f"base: {base}\nseeds: [0, 1, 2]\ncells:\n  - {{name: lin, label: linear, overrides: "
                     f"[model.head=linear, loss.name=ce]}}\n  - {{name: zs, zeroshot: true}}\n")
+    # seed 0 of every row first (a small machine's first pass); the others stay pending
+    assert main(["sweep", "--config", str(grid), "--out", str(tmp_path / "sw"), "--quiet", "--seeds", "0"]) == 0
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir()) == ["lin__seed0", "zs__seed0"]
+    first = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))
+    assert [(r["cell"], r["status"]) for r in first if r["group"] == "lin"] == [
+        ("lin__seed0", "done"), ("lin__seed1", "pending"), ("lin__seed2", "pending")]
+    assert main(["sweep", "--config", str(grid), "--out", str(tmp_path / "sw"), "--seeds", "7"]) == 2
     assert main(["sweep", "--config", str(grid), "--out", str(tmp_path / "sw"), "--quiet"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))
+    assert [r["overall"] for r in rows if r["cell"] == "lin__seed0"] == [r["overall"] for r in first
+                                                                         if r["cell"] == "lin__seed0"]
     lin = [float(r["overall"]) for r in rows if r["group"] == "lin"]
     assert [r["seed"] for r in rows if r["group"] == "lin"] == ["0", "1", "2"] and len(lin) == 3
     expect = f"{statistics.mean(lin):.1f} ± {statistics.stdev(lin):.1f}"

@@ -230,8 +230,10 @@ class RunFolder:
             return False
         new = json.loads(json.dumps(to_dict(cfg)))
         old = json.loads(json.dumps(old))
+        chosen = [("train", "posthoc_tau")] if new.get("train", {}).get("posthoc_tau_grid") else []
         for d in (old, new):
-            for section, key in IGNORED_FOR_REUSE:
+            # a tau chosen on val is written back to config.yaml: a result of the run, not an input
+            for section, key in (*IGNORED_FOR_REUSE, *chosen):
                 d.get(section, {}).pop(key, None)
         old, new = _align(old, new, to_dict(OmegaConf.structured(Config)))
         return old == new
