@@ -110,7 +110,8 @@ def figures(key: str, rows: list[dict], out: Path) -> list[str]:
 
 
 def run_benchmark(out: str | Path = "runs/benchmark", only: Optional[Sequence[str]] = None, quiet: bool = False,
-                  fresh: bool = False, dry_run: bool = False, log=print) -> Path:
+                  fresh: bool = False, dry_run: bool = False, seeds: Optional[Sequence[int]] = None,
+                  log=print) -> Path:
     """Run (or reuse) both grids and write ``OUT/benchmark.md``; returns its path."""
     from .sweep import format_markdown, load_sweep, run_sweep
 
@@ -125,7 +126,7 @@ def run_benchmark(out: str | Path = "runs/benchmark", only: Optional[Sequence[st
     for key in keys:
         sweep = load_sweep(GRIDS[key], out=out / key)
         log(f"benchmark {key}: {len(sweep.cells)} runs -> {sweep.out}")
-        rows = run_sweep(sweep, dry_run=dry_run, quiet=quiet, fresh=fresh, log=log)
+        rows = run_sweep(sweep, dry_run=dry_run, quiet=quiet, fresh=fresh, seeds=seeds, log=log)
         if dry_run:
             continue
         table = format_markdown(sweep, rows).split("\n", 1)[1]

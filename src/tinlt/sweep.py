@@ -382,27 +382,36 @@ def subsampling_note(cfg) -> Optional[str]:
 
 def run_sweep(
     sweep: Sweep, *, dry_run: bool = False, only: Optional[Sequence[str]] = None, quiet: bool = False,
-    fresh: bool = False, log=print,
+    fresh: bool = False, seeds: Optional[Sequence[int]] = None, log=print,
 ) -> list[dict]:
     """Run every cell that is not finished (in file order), then write the results tables.
 
     Returns the table rows. ``dry_run`` only reports what each cell would do; ``fresh`` runs
-    the selected cells again even when a finished or resumable run exists.
+    the selected cells again even when a finished or resumable run exists. ``only`` (cell
+    names) and ``seeds`` narrow what runs, e.g. seed 0 of every row first on a small machine;
+    the tables always list every cell (the rest as pending).
     """
     names = {c.name for c in sweep.cells}
     for n in only or ():
         if n not in names:
             raise TinltError(f"--only: no cell named '{n}'{did_you_mean(n, sorted(names))}")
+    grid_seeds = sorted({c.seed for c in sweep.cells if c.seed is not None})
+    for k in seeds or ():
+        if k not in grid_seeds:
+            raise TinltError(f"--seeds: the grid has no seed {k} (its seeds: {grid_seeds or 'none'})")
+
+    def skipped(cell) -> bool:
+        return bool(only and cell.name not in only) or (seeds is not None and cell.seed not in seeds)
     states = {}
     for cell in sweep.cells:
         state = cell_state(sweep, cell)
-        if fresh and not (only and cell.name not in only):
+        if fresh and not skipped(cell):
             state = "run"
         states[cell.name] = state
         if dry_run:
             fresh_verb = "eval" if cell.eval_from else ("zeroshot" if cell.zeroshot else "train")
             verb = {"done": "reuse", "resume": "resume", "run": fresh_verb}[state]
-            skip = only and cell.name not in only
+            skip = skipped(cell)
             log(f"{cell.name:<28} {'skip' if skip else verb:<7} {' '.join(cell.overrides) or '(base)'}")
             shrink = subsampling_note(cell.cfg)
             if shrink:
@@ -412,7 +421,7 @@ def run_sweep(
     sweep.out.mkdir(parents=True, exist_ok=True)
     try:
         for i, cell in enumerate(sweep.cells, 1):
-            if only and cell.name not in only:
+            if skipped(cell):
                 continue
             if states[cell.name] == "done":
                 log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(cell.run.read_metrics() or {})})")

@@ -14,6 +14,8 @@ def register(subparsers) -> dict:
     )
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--only", default=None, help="comma-separated: fmnist_lt, fmnist_clamp")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds to run now, e.g. 0 (the rest stay pending; rerun to add them)")
     p.add_argument("--dry-run", action="store_true", help="show what would run")
     p.add_argument("--fresh", action="store_true", help="retrain runs even when finished ones exist")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -22,9 +24,11 @@ def register(subparsers) -> dict:
 
 def _cmd_benchmark(a: argparse.Namespace) -> int:
     from ..benchmark import run_benchmark
+    from .sweep import parse_seeds
 
     only = [k.strip() for k in a.only.split(",") if k.strip()] if a.only else None
-    path = run_benchmark(a.out, only=only, quiet=a.quiet, fresh=a.fresh, dry_run=a.dry_run)
+    path = run_benchmark(a.out, only=only, quiet=a.quiet, fresh=a.fresh, dry_run=a.dry_run,
+                         seeds=parse_seeds(a.seeds))
     if not a.dry_run:
         print(f"benchmark: {path}")
     return 0

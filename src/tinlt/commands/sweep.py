@@ -19,11 +19,24 @@ def register(subparsers) -> dict:
     p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/<grid name>)")
     p.add_argument("--dry-run", action="store_true", help="validate every cell and show what would run")
     p.add_argument("--only", default=None, help="comma-separated cell names to run (the table lists all cells)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds to run, e.g. 0 (the table lists all)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every cell (a cell's own overrides win)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--fresh", action="store_true",
                    help="retrain cells even when a finished run with the same config exists (after an upgrade)")
     return {"sweep": _cmd_sweep}
+
+
+def parse_seeds(text):
+    """``--seeds 0,1`` -> [0, 1]; None when not given."""
+    from ..errors import TinltError
+
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TinltError(f"--seeds: expected comma-separated integers, got '{text}'") from None
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
@@ -32,7 +45,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     sweep = load_sweep(a.config, out=a.out, overrides=a.overrides)
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells -> {sweep.out}")
-    rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet, fresh=a.fresh)
+    rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet, fresh=a.fresh, seeds=parse_seeds(a.seeds))
     if a.dry_run:
         return 0
     print(format_markdown(sweep, rows))
