@@ -1,0 +1,79 @@
+"""The benchmark protocol as shipped: every row the protocol names is in both grids, every
+cell selects on a held-out split over three seeds, and the benchmark's choices (best TIN
+row, strongest baseline) follow the validation score, never the test score.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinlt.benchmark import GRIDS, pick
+from tinlt.sweep import load_sweep
+
+# (what the protocol asks for, how the cell says it)
+ROWS = {
+    "zero-shot prompts": lambda c: c.zeroshot,
+    "linear probe, CE": lambda c: _probe(c) and c.cfg.loss.name == "ce" and not c.cfg.train.posthoc_tau_grid,
+    "linear probe, logit-adjusted loss": lambda c: _probe(c) and c.cfg.loss.name == "logit_adjust",
+    "linear probe, post-hoc LA (tau on val)": lambda c: _probe(c) and len(c.cfg.train.posthoc_tau_grid) > 1,
+    "linear probe, class-balanced": lambda c: _probe(c) and c.cfg.loss.name == "cb_ce",
+    "text-initialised cosine head, frozen, LA": lambda c: (c.cfg.model.head == "cosine" and c.cfg.model.classifier_init
+                                                          == "text" and c.cfg.model.tune_image.method == "frozen"
+                                                          and c.cfg.loss.name == "logit_adjust"),
+    "full fine-tuning, CE": lambda c: _ft(c) and c.cfg.loss.name == "ce",
+    "full fine-tuning, balanced softmax / LA": lambda c: _ft(c) and c.cfg.loss.name in ("balanced_softmax",
+                                                                                         "logit_adjust"),
+    "LIFT-style": lambda c: (c.cfg.model.head == "cosine" and c.cfg.model.tune_image.method not in ("", "full",
+                                                                                                     "frozen")
+                             and c.cfg.loss.name == "logit_adjust"),
+    "TIN as specified": lambda c: (c.group == "tin_paper" and c.cfg.model.head == "text"
+                                   and c.cfg.model.visual_attention and c.cfg.loss.name == "seesaw"
+                                   and c.cfg.loss.p == pytest.approx(0.7)
+                                   and c.cfg.model.tune_image.method in ("", "full")
+                                   and c.cfg.model.tune_text.method in ("", "full") and not c.cfg.model.freeze_text),
+    "TIN, best recipe": lambda c: c.group == "tin_best" and c.cfg.model.head == "text" and c.cfg.loss.name == "seesaw",
+}
+
+
+def _probe(c) -> bool:
+    m = c.cfg.model
+    return m.head == "linear" and m.tune_image.method == "frozen" and not m.visual_attention
+
+
+def _ft(c) -> bool:
+    m = c.cfg.model
+    return m.head == "linear" and m.tune_image.method in ("", "full") and not m.freeze_image
+
+
+@pytest.mark.parametrize("key", sorted(GRIDS))
+def test_every_protocol_row_is_in_the_grid_with_three_seeds_and_a_held_out_split(key, tmp_path):
+    sweep = load_sweep(GRIDS[key], out=tmp_path / key)
+    for row, matches in ROWS.items():
+        cells = [c for c in sweep.cells if matches(c)]
+        assert sorted({c.seed for c in cells}) == [0, 1, 2], f"{key}: row '{row}' missing or not over 3 seeds"
+    for c in sweep.cells:
+        assert c.cfg.data.val.kind == "holdout", c.name
+        assert c.cfg.data.test.per_class_limit == 0 and c.cfg.data.test.lt_n_max == 0  # the full test set
+    # same towers and data in every row
+    assert {c.cfg.model.name for c in sweep.cells} == {"effnet-lite0-minilm"}
+    assert len({json.dumps(list(c.cfg.data.train.counts)) + str(c.cfg.data.train.lt_n_max) for c in sweep.cells}) == 1
+
+
+def test_choices_follow_the_validation_score_not_the_test_score():
+    rows = []
+    # tin_a is better on test, tin_b on val; base_a better on test, base_b on val
+    for group, val, test in (("tin_a", 70.0, 90.0), ("tin_b", 80.0, 60.0), ("base_a", 50.0, 95.0),
+                             ("base_b", 60.0, 40.0)):
+        for seed in range(3):
+            rows.append({"cell": f"{group}__seed{seed}", "group": group, "seed": seed, "val_overall": val + seed,
+                         "overall": test, "label": group, "status": "done", "run": str(Path("x"))})
+    assert pick(rows, tin=True)[0] == "tin_b"
+    assert pick(rows, tin=False)[0] == "base_b"
+    # a row without a validation score is never chosen
+    for r in rows:
+        if r["group"] == "base_b":
+            r["val_overall"] = None
+    assert pick(rows, tin=False)[0] == "base_a"
