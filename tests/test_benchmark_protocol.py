@@ -77,3 +77,25 @@ def test_choices_follow_the_validation_score_not_the_test_score():
         if r["group"] == "base_b":
             r["val_overall"] = None
     assert pick(rows, tin=False)[0] == "base_a"
+
+
+def test_compact_table_for_the_docs(tmp_path):
+    import statistics
+
+    from tinlt.sweep import format_markdown, results_rows
+
+    sweep = load_sweep(GRIDS["fmnist_clamp"], out=tmp_path)
+    rows = results_rows(sweep)
+    for i, r in enumerate(rows):
+        r.update(overall=50.0 + i, many=90.0, few=10.0 + 2 * i, instance_acc=50.0, rare_precision=0.5,
+                 rare_recall=0.25, rare_auc=0.75, val_overall=40.0 + i, wall_s=60.0, status="done")
+    lines = format_markdown(sweep, rows, compact=True).splitlines()
+    head = next(ln for ln in lines if ln.startswith("| cell"))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    assert "overrides" not in cols and "run" not in cols and "medium" not in cols  # two classes: no medium
+    assert {"overall", "many", "few", "rare P", "rare R", "AUC", "val (selection)"} <= set(cols)
+    best = [r["overall"] for r in rows if r["group"] == "tin_best"]
+    row = next(ln for ln in lines if ln.startswith("| TIN, best recipe"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[cols.index("overall")] == f"{statistics.mean(best):.1f} ± {statistics.stdev(best):.1f}"
+    assert len(cells) == len(cols)

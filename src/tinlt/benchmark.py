@@ -129,7 +129,7 @@ def run_benchmark(out: str | Path = "runs/benchmark", only: Optional[Sequence[st
         rows = run_sweep(sweep, dry_run=dry_run, quiet=quiet, fresh=fresh, seeds=seeds, log=log)
         if dry_run:
             continue
-        table = format_markdown(sweep, rows).split("\n", 1)[1]
+        table = format_markdown(sweep, rows, compact=True).split("\n", 1)[1]
         names = figures(key, rows, out)
         best_tin, best_base = pick(rows, tin=True), pick(rows, tin=False)
         chosen = [f"- best TIN row (by val): {best_tin[1][0]['label']}" if best_tin else "",

@@ -507,16 +507,20 @@ def grouped(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return list(out.items())
 
 
-def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
+def format_markdown(sweep: Sweep, rows: list[dict], compact: bool = False) -> str:
+    """results.md; ``compact`` leaves out the overrides and run columns (the grid file holds them)
+    and any metric no row has (e.g. "medium" with two classes), for tables in docs."""
     binary = any(r.get("rare_recall") is not None for r in rows)
     seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     keys = list(METRIC_KEYS) + ([f"rare_{k}" for k in BINARY_KEYS] if binary else [])
     if any(r.get("val_overall") is not None for r in rows):
         keys.append("val_overall")
+    if compact:
+        keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
     names = {"instance_acc": "instance", "rare_precision": "rare P", "rare_recall": "rare R", "rare_auc": "AUC",
              "val_overall": "val (selection)"}
-    head = ["cell", "overrides", *(names.get(k, k) for k in keys), "wall" + (" (per seed)" if seeds else ""),
-            "status", "run"]
+    head = ["cell", *([] if compact else ["overrides"]), *(names.get(k, k) for k in keys),
+            "wall" + (" (per seed)" if seeds else ""), "status", *([] if compact else ["run"])]
     lines = [
         f"# Sweep: {sweep.name}",
         "",
@@ -530,7 +534,9 @@ def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
     ]
     if seeds:
         lines.append(f"- each cell over seeds {seeds}: mean ± std (sample std); each seed's numbers in results.csv")
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(keys) + 1) + ["---"] * 2) + "|"]
+    lines += ["", "| " + " | ".join(head) + " |",
+              "|" + "|".join(["---"] * (1 if compact else 2) + ["---:"] * (len(keys) + 1)
+                             + ["---"] * (1 if compact else 2)) + "|"]
     for group, rs in grouped(rows):
         first = rs[0]
         own = " ".join(o for o in first["overrides"].split() if not o.startswith("train.seed="))
@@ -539,11 +545,11 @@ def format_markdown(sweep: Sweep, rows: list[dict]) -> str:
         statuses = sorted({r["status"] for r in rs})
         walls = [r["wall_s"] for r in rs if r["wall_s"] is not None]
         cells = [
-            first.get("label") or group, f"`{own}`" if own else "(base)",
+            first.get("label") or group, *([] if compact else [f"`{own}`" if own else "(base)"]),
             *(mean_std([r[k] for r in rs], digits=2 if k.startswith("rare_") else 1) for k in keys),
             _wall(statistics.mean(walls)) if walls else "-",
             _status(rs).replace("|", "/"),
-            f"{rel}/" if len(rs) == 1 else f"{group}__seed*/",
+            *([] if compact else [f"{rel}/" if len(rs) == 1 else f"{group}__seed*/"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
