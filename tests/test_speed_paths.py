@@ -173,9 +173,12 @@ def test_fp16_overflow_lowers_the_loss_scale():
     from tinlt.engine.optim import back_off
 
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, backoff_factor=0.5)
-    back_off(scaler, torch.tensor(float("inf")))  # a first-batch overflow: the scale exists already
-    assert scaler.get_scale() == 512.0
-    back_off(scaler, torch.tensor(float("nan")))
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    (w * float("inf")).sum().backward()
+    back_off(scaler, torch.tensor(float("inf")), opt)  # a first-batch overflow: the scale exists already
+    assert scaler.get_scale() == 512.0 and w.grad is None  # the overflowed step's gradients are dropped
+    back_off(scaler, torch.tensor(float("nan")), opt)
     assert scaler.get_scale() == 256.0
 
 

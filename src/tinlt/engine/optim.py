@@ -70,11 +70,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def back_off(scaler: "torch.amp.GradScaler", loss: torch.Tensor) -> None:
-    """A non-finite fp16 loss skips its step; lower the loss scale as GradScaler does when
-    the gradients overflow, or every later batch would overflow the same way."""
+def back_off(scaler: "torch.amp.GradScaler", loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """A non-finite fp16 loss skips its step (its gradients dropped); lower the loss scale as
+    GradScaler does when the gradients overflow, or every later batch would overflow the same way."""
     scaler.scale(loss)  # initialises the scale on a first-batch overflow
     scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+    optimizer.zero_grad(set_to_none=True)
 
 
 def non_finite(loss: torch.Tensor, epoch: int, step: int, last_good) -> TinltError:

@@ -62,10 +62,7 @@ class _Run:
         self.best_score, self.history = -1.0, []
         self.loss_sum, self.n_seen = 0.0, 0
         self.changes: set[str] = set()
-
-    def log(self, msg: str) -> None:
-        if self.main:
-            echo(msg)
+        self.log = echo if self.main else (lambda msg: None)  # set-up messages from the main process only
 
     # -- set-up ------------------------------------------------------------------------
     def build(self, ckpt: Optional[dict]) -> None:
@@ -118,8 +115,7 @@ class _Run:
         for key in _COUNTERS:
             setattr(self, key, ckpt.get(key, getattr(self, key)))
         self.loss_sum, self.n_seen = ckpt["epoch_loss"]
-        rng = ckpt["rng"]
-        ckpt_io.set_rng_state(rng[self.dist.rank] if isinstance(rng, list) else rng)
+        ckpt_io.set_rng_state(ckpt["rng"][self.dist.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
 
     def build_loaders(self) -> None:
         """A fixed image path reads its outputs from disk (train.feature_cache), for training only
@@ -234,8 +230,7 @@ class _Run:
 
     def forward_backward(self, images, targets) -> Optional[torch.Tensor]:
         cfg, accum = self.cfg, self.cfg.optim.accum_steps
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
+        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
         with autocast_for(self.device, cfg.train.amp):
             logits = compiled_forward(self.train_model, images) if cfg.train.compile else self.train_model(images)
         logits = logits.float()
@@ -243,8 +238,7 @@ class _Run:
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
             if self.use_scaler:  # fp16 overflow: skip the step and lower the scale, as AMP does
-                back_off(self.scaler, loss)
-                self.optimizer.zero_grad(set_to_none=True)
+                back_off(self.scaler, loss, self.optimizer)
                 self.batch_in_epoch += 1
                 return None
             raise non_finite(loss, self.epoch, self.global_step, self.run.resume_checkpoint())
