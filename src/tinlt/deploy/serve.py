@@ -240,14 +240,19 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
         body = {"status": "failed", "error": state["error"]} if state["error"] else {"status": "loading"}
         return answer("/health", 503, body, t0)
 
-    async def model(request: Request) -> Response:
-        t0 = time.perf_counter()
+    def refused(request: Request, route: str, t0: float, not_ready: str) -> Optional[Response]:
+        """401 without the key, 503 before the model is loaded; None when the request may go on."""
         why = denied(request)
         if why:
-            return answer("/v1/model", 401, {"error": why}, t0)
+            return answer(route, 401, {"error": why}, t0)
         if state["backend"] is None:
-            return answer("/v1/model", 503, {"error": "the model is not loaded yet"}, t0)
-        return answer("/v1/model", 200, state["card"], t0)
+            return answer(route, 503, {"error": not_ready}, t0)
+        return None
+
+    async def model(request: Request) -> Response:
+        t0 = time.perf_counter()
+        early = refused(request, "/v1/model", t0, "the model is not loaded yet")
+        return early if early is not None else answer("/v1/model", 200, state["card"], t0)
 
     async def prom(request: Request) -> Response:
         t0 = time.perf_counter()
@@ -302,11 +307,9 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
 
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
-        why = denied(request)
-        if why:
-            return answer("/v1/predict", 401, {"error": why}, t0)
-        if state["backend"] is None:
-            return answer("/v1/predict", 503, {"error": "the model is not loaded yet (GET /health)"}, t0)
+        early = refused(request, "/v1/predict", t0, "the model is not loaded yet (GET /health)")
+        if early is not None:
+            return early
         if state["in_flight"] >= cfg.max_concurrency:
             return answer("/v1/predict", 429, {"error": f"{cfg.max_concurrency} requests in progress (the limit); "
                                                         "retry shortly"}, t0)
