@@ -99,3 +99,19 @@ def test_compact_table_for_the_docs(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[cols.index("overall")] == f"{statistics.mean(best):.1f} ± {statistics.stdev(best):.1f}"
     assert len(cells) == len(cols)
+
+
+@pytest.mark.parametrize("variant", ["fmnist_lt", "fmnist_clamp"])
+def test_the_demo_trains_two_benchmark_rows_at_seed_0(variant, tmp_path):
+    from tinlt.config import to_dict
+    from tinlt.demo import VARIANTS, demo_cells
+
+    tin, base = demo_cells(variant, out=str(tmp_path))
+    assert tin.group == "tin_best" and not base.group.startswith("tin") and tin.seed == base.seed == 0
+    grid = {c.name: c for c in load_sweep(GRIDS[VARIANTS[variant][0]], out=tmp_path / "b").cells}
+    for cell in (tin, base):
+        assert cell.out == tmp_path / variant / cell.name
+        ours, bench = to_dict(cell.cfg), to_dict(grid[cell.name].cfg)
+        ours["train"].pop("output_dir"), bench["train"].pop("output_dir")
+        assert ours == bench  # the same run as the benchmark's, only elsewhere
+    assert [c.name for c in demo_cells(variant, baseline=False, out=str(tmp_path))] == ["tin_best__seed0"]

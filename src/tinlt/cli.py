@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--full", action="store_true", help="decode every image (default: the fast header check)")
     q.add_argument("--no-check", action="store_true", help="count listed files without opening them")
 
-    p = sub.add_parser("demo", help="offline demo: TIN vs a cross-entropy baseline on Fashion-MNIST-LT")
+    p = sub.add_parser("demo", help="offline demo: TIN's best recipe vs the benchmark's strongest baseline "
+                       "on Fashion-MNIST-LT")
     p.add_argument("--variant", default="fmnist_lt", choices=["fmnist_lt", "fmnist_clamp", "both"])
     p.add_argument("--no-baseline", action="store_true", help="train TIN only")
     p.add_argument("--out", default="runs/demo")
