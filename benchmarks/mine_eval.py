@@ -7,8 +7,8 @@ collapsing off so that the ranking itself is measured); the share of the 20 foun
 top 2%, 5% and 10% of the ranking is averaged over the pools, next to a random order's
 (its expectation, 2/5/10%, and the mean of 1,000 shuffles).
 
-    python benchmarks/mine_eval.py --model TIN=runs/demo/fmnist_clamp/tin/best.pt \\
-        --model CE=runs/demo/fmnist_clamp/baseline/best.pt [--pools 5]
+    python benchmarks/mine_eval.py --model TIN=runs/demo/fmnist_clamp/tin_best__seed0/best.pt \\
+        --model CE=runs/benchmark/fmnist_clamp/ft_ce__seed0/best.pt [--pools 5]
 """
 
 from __future__ import annotations
