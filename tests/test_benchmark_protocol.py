@@ -115,3 +115,34 @@ def test_the_demo_trains_two_benchmark_rows_at_seed_0(variant, tmp_path):
         ours["train"].pop("output_dir"), bench["train"].pop("output_dir")
         assert ours == bench  # the same run as the benchmark's, only elsewhere
     assert [c.name for c in demo_cells(variant, baseline=False, out=str(tmp_path))] == ["tin_best__seed0"]
+
+
+# the paper's ablation tables (6-9) and the benchmark row each one's reference cell must equal
+ABLATIONS = {"modules": {"baseline_linear_ce": "ft_ce", "+visual_attention": "tin_paper"},
+             "frozen_vs_finetuned": {"finetune_both": "tin_paper"},
+             "pretrained_vs_random": {"both_pretrained": "tin_paper"},
+             "seesaw_p": {"p=0.7": "tin_paper"}}
+
+
+@pytest.mark.parametrize("grid", sorted(ABLATIONS))
+def test_the_ablations_run_at_the_benchmark_budget(grid, tmp_path):
+    """Every ablation cell uses the benchmark's protocol over 3 seeds, and the cells that are a
+    benchmark row resolve to that row's config exactly (so a sweep folder seeded with the
+    benchmark's runs reuses them, and the tables can be read side by side)."""
+    bench = load_sweep(GRIDS["fmnist_lt"], out=tmp_path / "bench")
+    sweep = load_sweep(f"grids/{grid}", out=tmp_path / grid)
+    ref = bench.cells[0].cfg
+    for c in sweep.cells:
+        d = c.cfg.data
+        assert (d.val.kind, d.val.fraction, d.image_size) == ("holdout", ref.data.val.fraction, ref.data.image_size)
+        assert (d.train.lt_n_max, d.test.per_class_limit) == (ref.data.train.lt_n_max, 0), c.name
+        assert (c.cfg.optim.epochs, c.cfg.train.best_checkpoint) == (ref.optim.epochs, ref.train.best_checkpoint)
+    assert sorted({c.seed for c in sweep.cells}) == [0, 1, 2]
+    by_name = {c.name: c for c in bench.cells}
+    for cell, row in ABLATIONS[grid].items():
+        for seed in (0, 1, 2):
+            mine = next(c for c in sweep.cells if c.name == f"{cell}__seed{seed}")
+            theirs = by_name[f"{row}__seed{seed}"]
+            theirs.run.write_config(theirs.cfg)
+            assert theirs.run.same_config(mine.cfg), f"{grid}: {cell} seed {seed} differs from {row}"
+            assert not theirs.run.same_config(by_name[f"tin_best__seed{seed}"].cfg)  # the check can fail
