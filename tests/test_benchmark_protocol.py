@@ -99,6 +99,9 @@ def test_compact_table_for_the_docs(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[cols.index("overall")] == f"{statistics.mean(best):.1f} ± {statistics.stdev(best):.1f}"
     assert len(cells) == len(cols)
+    assert cells[0].endswith(") (`tin_best`)") and cells[0].count("tin_best") == 1  # label, then its cell
+    unlabelled = load_sweep("grids/modules", out=tmp_path / "m")
+    assert "| +seesaw |" in format_markdown(unlabelled, results_rows(unlabelled), compact=True)
 
 
 @pytest.mark.parametrize("variant", ["fmnist_lt", "fmnist_clamp"])

@@ -545,7 +545,8 @@ def format_markdown(sweep: Sweep, rows: list[dict], compact: bool = False) -> st
         statuses = sorted({r["status"] for r in rs})
         walls = [r["wall_s"] for r in rs if r["wall_s"] is not None]
         cells = [
-            (f"{first.get('label') or group} (`{group}`)" if compact else first.get("label") or group),
+            (f"{first['label']} (`{group}`)" if compact and first.get("label") not in (None, group)
+             else first.get("label") or group),
             *([] if compact else [f"`{own}`" if own else "(base)"]),
             *(mean_std([r[k] for r in rs], digits=2 if k.startswith("rare_") else 1) for k in keys),
             _wall(statistics.mean(walls)) if walls else "-",
