@@ -189,8 +189,18 @@ def test_a_bad_image_does_not_take_the_others_down(served, server):
     assert res[1]["status"] == 422 and "broken.png" in res[1]["error"] and "probs" in res[0] and "probs" in res[2]
 
 
-def test_metrics_count_requests_and_batches(server, served):
-    ok = sorted(served[1].rglob("*.png"))[0]
+def test_metrics_count_requests_and_batches(server, served, tmp_path):
+    """12 clients at once, each with its own image: each gets that image's answer (as
+    ``tinlt predict`` gives it), and the metrics count every request and image once."""
+    onnx, test = served
+    paths = sorted(test.rglob("*.png"))[:10]
+    paths += [tmp_path / "a.png", tmp_path / "b.png"]
+    paths[-2].write_bytes(_png((250, 250, 250), 1))
+    paths[-1].write_bytes(_png((10, 10, 10), 2))
+    ref = tmp_path / "ref.json"
+    assert main(["predict", *map(str, paths), "--model", str(onnx), "--out", str(ref)]) == 0
+    by_path = {r["path"]: r["probs"] for r in json.loads(ref.read_text())}
+    expected = {f"client{i}.png": by_path[str(p)] for i, p in enumerate(paths)}  # names the server echoes
 
     def scrape():
         text = httpx.get(server.url + "/metrics").text
@@ -202,14 +212,22 @@ def test_metrics_count_requests_and_batches(server, served):
         return out
 
     before = scrape()
-    n = 12
-    threads = [threading.Thread(target=lambda: httpx.post(server.url + "/v1/predict", files=_files([ok]), timeout=30))
-               for _ in range(n)]
+    n = len(paths)
+    answers: dict[str, dict] = {}
+
+    def client(name: str, p: Path) -> None:
+        r = httpx.post(server.url + "/v1/predict", files=[("image", (name, p.read_bytes(), "image/png"))], timeout=30)
+        answers[name] = r.json()["results"][0]
+
+    threads = [threading.Thread(target=client, args=(f"client{i}.png", p)) for i, p in enumerate(paths)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     after = scrape()
+    assert len({tuple(round(x, 4) for x in v.values()) for v in expected.values()}) > 2  # the images differ in what the model says
+    for name, probs in expected.items():
+        assert answers[name]["name"] == name and answers[name]["probs"] == pytest.approx(probs, abs=1e-6), name
     key = 'tinlt_requests_total{code="200",route="/v1/predict"}'
     assert after[key] - before.get(key, 0.0) == n
     images = after["tinlt_batch_size_sum"] - before.get("tinlt_batch_size_sum", 0.0)
