@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -159,3 +160,131 @@ def test_contact_sheet_renders_in_a_headless_browser(model, pool, tmp_path):
     kept = [r for r in _ranked(out) if r["rank"]][:6]
     for r in kept:
         assert Path(r["path"]).name in page and f"{float(r['score']):.4f}" in page
+
+
+# --------------------------------------------------------------------------- each path, its own numbers
+
+
+class ColourModel:
+    """A stand-in backend whose answer is a closed form of the image: probabilities are the
+    softmax of 4 x the image's mean R, G, B (0..1), over three classes. Nothing is learnt, so
+    the expected numbers for every file can be computed here from its pixels alone."""
+
+    classnames = ["common thing", "middle thing", "rare thing"]
+
+    def __init__(self, path: Path, rule=None) -> None:
+        from types import SimpleNamespace
+
+        self.path, self.rule = path, rule
+        self.ckpt = {"train_counts": [50, 10, 3]}  # "rare thing" has the fewest training images
+        self.cfg = SimpleNamespace(data=SimpleNamespace(image_size=32, tta="none"))
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        return np.asarray(img.convert("RGB"), dtype=np.float64).mean(axis=(0, 1)) / 255.0
+
+    def probs(self, batch: np.ndarray) -> np.ndarray:
+        z = 4.0 * batch
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def _expected_probs(path: Path) -> list[float]:
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
+    e = [math.exp(4.0 * v) for v in rgb]
+    return [v / sum(e) for v in e]
+
+
+@pytest.fixture()
+def colour_pool(tmp_path) -> tuple[Path, ColourModel]:
+    """12 images whose colours (and so their probabilities) all differ, plus two near-copies of one."""
+    p = tmp_path / "pool"
+    p.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        _img(tuple(int(v) for v in rng.integers(40, 220, 3)), 700 + i).save(p / f"img{i:02d}.png")
+    src = Image.open(p / "img05.png")
+    src.resize((80, 80), Image.BICUBIC).save(p / "img05_copy.jpg", quality=92)
+    src.resize((48, 48), Image.BICUBIC).save(p / "img05_small.png")
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"stand-in")
+    return p, ColourModel(weights)
+
+
+def _rows_by_path(out: Path) -> dict[str, dict]:
+    return {r["path"]: r for r in _ranked(out)}
+
+
+def test_each_path_gets_its_own_probabilities_and_its_most_likely_class(colour_pool, tmp_path):
+    from tinlt.deploy.mine import mine
+
+    pool, model = colour_pool
+    rec = mine(pool, model, tmp_path / "out", by="prob", dedupe=False, top=5, quiet=True)
+    rows = _rows_by_path(tmp_path / "out")
+    assert len(rows) == 14 and rec["class"] == "rare thing"  # no --class: the class with fewest training images
+    for path, r in rows.items():
+        want = _expected_probs(Path(path))
+        got = [float(r[f"p_{n}"]) for n in model.classnames]
+        assert got == pytest.approx(want, abs=2e-6), path
+        assert r["predicted"] == model.classnames[int(np.argmax(want))], path
+        assert float(r["score"]) == pytest.approx(want[2], abs=2e-6)
+    ranked = [r["path"] for r in _ranked(tmp_path / "out")]
+    assert ranked == sorted(rows, key=lambda q: -_expected_probs(Path(q))[2])
+    assert len({r["predicted"] for r in rows.values()}) >= 2  # the data lets a wrong class show
+
+
+def test_entropy_and_margin_rank_by_uncertainty_computed_from_the_pixels(colour_pool, tmp_path):
+    from tinlt.deploy.mine import mine
+
+    pool, model = colour_pool
+    for by in ("entropy", "margin"):
+        out = tmp_path / by
+        mine(pool, model, out, by=by, dedupe=False, quiet=True)
+        rows = _ranked(out)
+        for r in rows:
+            p = _expected_probs(Path(r["path"]))
+            want = -sum(v * math.log(v) for v in p) if by == "entropy" else 1 - (sorted(p)[-1] - sorted(p)[-2])
+            assert float(r["score"]) == pytest.approx(want, abs=2e-6), (by, r["path"])
+        scores = [float(r["score"]) for r in rows]
+        assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+
+
+def test_the_class_mined_follows_class_then_threshold_then_counts(colour_pool, tmp_path):
+    from types import SimpleNamespace
+
+    from tinlt.deploy.mine import mine
+
+    pool, model = colour_pool
+    assert mine(pool, model, tmp_path / "a", cls="middle thing", dedupe=False, quiet=True)["class"] == "middle thing"
+    assert float(_ranked(tmp_path / "a")[0]["score"]) == pytest.approx(
+        max(_expected_probs(q)[1] for q in pool.iterdir()), abs=2e-6)
+    model.rule = SimpleNamespace(positive=0, positive_name="common thing", value=0.4)  # a calibrated threshold
+    assert mine(pool, model, tmp_path / "b", dedupe=False, quiet=True)["class"] == "common thing"
+
+
+def test_near_duplicates_collapse_onto_the_best_ranked_and_are_counted(colour_pool, tmp_path):
+    import imagehash
+
+    from tinlt.deploy.mine import mine
+
+    pool, model = colour_pool
+    out = tmp_path / "out"
+    rec = mine(pool, model, out, by="prob", top=20, quiet=True)
+    copies = [pool / "img05.png", pool / "img05_copy.jpg", pool / "img05_small.png"]
+    hashes = {str(q): imagehash.phash(Image.open(q).convert("RGB")) for q in pool.iterdir()}
+    # independently: which files lie within 4 bits of another
+    near = {a for a in hashes for b in hashes if a != b and hashes[a] - hashes[b] <= 4}
+    assert near == {str(q) for q in copies}
+    rows = _rows_by_path(out)
+    keeper = max(copies, key=lambda q: _expected_probs(q)[2])  # the best-ranked of the three stays
+    assert rows[str(keeper)]["rank"] != "" and rows[str(keeper)]["duplicate_of"] == ""
+    for q in copies:
+        if q != keeper:
+            assert rows[str(q)]["rank"] == "" and rows[str(q)]["duplicate_of"] == str(keeper)
+    assert rec["collapsed"] == 2 and rec["scored"] == 14
+    kept = [r for r in _ranked(out) if r["rank"]]
+    assert len(kept) == 12 and (out / "to_label.txt").read_text().splitlines() == [r["path"] for r in kept]
+    # the contact sheet counts the keeper's near-duplicates, and nobody else's
+    page = (out / "contact_sheet.html").read_text()
+    assert page.count("near-duplicate(s)") == 1 and "+2 near-duplicate(s)" in page
+    card = next(f for f in page.split("<figure>")[1:] if f"{keeper.name}<br>" in f.split("<figcaption>")[1])
+    assert f"#{rows[str(keeper)]['rank']}</b>" in card and "+2 near-duplicate(s)" in card
