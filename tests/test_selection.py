@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,44 @@ def test_hold_out_is_stratified_reproducible_and_keeps_every_class():
     lonely = Samples(["x.png", "y.png", "z.png"], np.array([0, 0, 1]), ["a", "b"])
     with pytest.raises(TinltError, match="class 1 \\('b'\\) has 1 training image"):
         hold_out(lonely, 0.2, seed=0)
+
+
+def test_hold_out_keeps_one_training_image_of_a_class_of_two_even_at_fraction_0_9():
+    labels = np.repeat(np.arange(3), [2, 3, 10])
+    s = Samples([f"img{i}.png" for i in range(len(labels))], labels, ["pair", "three", "ten"])
+    rest, val, _ = hold_out(s, 0.9, seed=0)
+    # round(0.9 * n) would take every image of the two small classes; one of each must stay
+    assert rest.class_counts().tolist() == [1, 1, 1]
+    assert val.class_counts().tolist() == [1, 2, 9]
+
+
+def _held_out(out: Path) -> list[int]:
+    return json.loads((out / "run.json").read_text())["held_out"]
+
+
+def test_the_held_out_split_moves_with_the_seed_through_the_config(dataset, tmp_path):
+    """train.seed picks the held-out images unless data.val.seed pins them; each run records them."""
+    def run(name: str, *extra: str) -> list[int]:
+        out = tmp_path / name
+        argv = ["train", *common_args(out, epochs=1), *split_args("folder", dataset), "data.val.kind=holdout",
+                "data.val.fraction=0.5", "train.max_steps=1", *extra]
+        assert main(argv) == 0
+        return _held_out(out)
+
+    a, b = run("seed0", "train.seed=0"), run("seed1", "train.seed=1")
+    assert a != b and len(a) == len(b) == sum(max(1, round(0.5 * n)) for n in TRAIN_COUNTS)
+    assert run("again", "train.seed=0") == a  # reproducible from the config
+    pinned = [run("pin0", "train.seed=0", "data.val.seed=7"), run("pin1", "train.seed=1", "data.val.seed=7")]
+    assert pinned[0] == pinned[1]
+    # the indices are those of the training split, in its own order: the held-out files are not trained on
+    from tinlt.data.sources import load_folder
+
+    train = load_folder(dataset / "train")
+    held = {train.items[i] for i in a}
+    info = json.loads((tmp_path / "seed0" / "run.json").read_text())
+    assert info["train_images"] == len(train) - len(held)
+    assert sorted(Counter(int(train.labels[i]) for i in a).values()) == sorted(
+        max(1, round(0.5 * n)) for n in TRAIN_COUNTS)
 
 
 def _scrambled_test(root: Path, tmp: Path) -> Path:
