@@ -9,7 +9,7 @@ import tempfile
 import pytest
 import torch
 
-from tinlt.config import LossConfig
+from tinlt.config import LOSSES, LossConfig
 from tinlt.errors import TinltError
 from tinlt.losses import (
     BalancedSoftmaxLoss,
@@ -194,21 +194,25 @@ def test_seesaw_online_counts_sum_across_ranks():
             assert torch.load(os.path.join(tmp, f"rank{rank}.pt")).tolist() == [2, 0, 1]
 
 
-ALL_LOSSES = [
-    lambda: SeesawLoss(COUNTS, p=0.8, q=2.0),
-    lambda: SeesawLoss(COUNTS, p=0.8, q=0.5, online=True),
-    lambda: CrossEntropyLoss(label_smoothing=0.1),
-    lambda: FocalLoss(gamma=2.0),
-    lambda: FocalLoss(gamma=0.5),
-    lambda: ClassBalancedLoss(COUNTS, beta=0.999, base="ce"),
-    lambda: ClassBalancedLoss(COUNTS, beta=0.999, base="focal", gamma=0.5),
-    lambda: BalancedSoftmaxLoss(COUNTS),
-    lambda: LogitAdjustedLoss(COUNTS, tau=1.0),
-    lambda: LDAMLoss(COUNTS, drw_epoch=0),
+def _named(name: str, **keys):
+    return lambda: build_loss(LossConfig(name=name, **keys), COUNTS)
+
+
+# every loss the config accepts at its defaults (derived, so a new loss is tested the day it
+# is added), plus settings that take other code paths
+ALL_LOSSES = [_named(n) for n in LOSSES] + [
+    _named("seesaw", p=0.8, q=2.0),
+    _named("seesaw", p=0.8, q=0.5, online=True),
+    _named("ce", label_smoothing=0.1),
+    _named("focal", gamma=0.5),
+    _named("cb_focal", beta=0.999, gamma=0.5),
+    _named("ldam", drw_epoch=0),
+    _named("seesaw", contrastive_weight=0.5),
 ]
+LOSS_IDS = [*LOSSES, "seesaw-q", "seesaw-online", "ce-smoothing", "focal-0.5", "cb_focal", "ldam-drw", "with-contrastive"]
 
 
-@pytest.mark.parametrize("make", ALL_LOSSES)
+@pytest.mark.parametrize("make", ALL_LOSSES, ids=LOSS_IDS)
 def test_stable_at_extreme_logits(make):
     loss_fn = make()
     loss_fn.set_epoch(1)
@@ -224,7 +228,7 @@ def test_stable_at_extreme_logits(make):
     assert loss.item() > 1e3  # the confidently wrong samples cost ~2e4 before weighting
 
 
-@pytest.mark.parametrize("make", ALL_LOSSES)
+@pytest.mark.parametrize("make", ALL_LOSSES, ids=LOSS_IDS)
 def test_bf16_logits_are_accepted(make):
     z = torch.tensor(LOGITS, dtype=torch.bfloat16)
     assert torch.isfinite(make()(z, torch.tensor(TARGETS)))

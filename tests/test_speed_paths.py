@@ -4,7 +4,7 @@ text truncation, torch.compile, persistent DataLoader workers and channels-last.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,20 +138,18 @@ def test_compiled_forward_with_training_text_tower_matches_eager():
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(os.environ.get("TINLT_TEST_INDUCTOR") != "1",
-                    reason="inductor builds C++ kernels with gcc: about a minute on a 2-core CPU; "
-                           "set TINLT_TEST_INDUCTOR=1 to run")
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="inductor builds C++ kernels: needs a C++ compiler (apt-get install g++)")
 def test_inductor_compiles_the_model():
+    """About a minute on a 2-core CPU (gcc builds the kernels). A compiler that is present but
+    fails is a failure here, never a skip."""
     torch.manual_seed(0)
     model = create_model({"name": "tiny-vit", "freeze_text": True}, CLASSES, image_size=32).eval()
     x = torch.randn(2, 3, 32, 32)
-    try:
-        compiled = torch.compile(model)
-        with torch.no_grad():
-            out = compiled(x)
-    except Exception as e:  # no compiler, unsupported CPU build
-        pytest.skip(f"torch.compile (inductor) unavailable here: {type(e).__name__}: {str(e).splitlines()[0]}")
+    compiled = torch.compile(model)
     with torch.no_grad():
+        out = compiled(x)
         torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
 
 
