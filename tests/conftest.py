@@ -36,6 +36,38 @@ def pytest_make_collect_report(collector):  # a whole module skipped (pytest.imp
 CLASSES = ["red thing", "green thing", "blue thing"]
 TRAIN_COUNTS = [9, 5, 2]
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+TINY = ["model.name=tiny-vit", "data.image_size=32", "data.num_workers=0"]  # the model every training test uses
+
+
+def noisy_image(colour, rng: np.random.Generator, size=(24, 24), spread: int = 25) -> Image.Image:
+    """``colour`` (RGB) plus uniform noise in [-spread, spread); uniform random pixels when colour is None."""
+    w, h = size
+    if colour is None:
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return Image.fromarray(np.clip(np.array(colour) + rng.integers(-spread, spread, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def write_class_folders(root: Path, counts: dict, colours: dict | None = None, *, seed: int = 0, size=(24, 24),
+                        spread: int = 25, rng: np.random.Generator | None = None) -> Path:
+    """``root/<class>/<i>.png``: ``counts[class]`` noisy images of ``colours[class]`` each (random
+    pixels without a colour). ``size`` is a (w, h) or a list of them cycled over each class's
+    images; pass ``rng`` to continue one generator across splits. Returns ``root``."""
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    sizes = size if isinstance(size, list) else [size]
+    for cls, n in counts.items():
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            noisy_image((colours or {}).get(cls), rng, sizes[i % len(sizes)], spread).save(d / f"{i}.png")
+    return root
+
+
+def write_list(listing: Path, root: Path, folders: Path, classes: list[str]) -> Path:
+    """A ``relative/path label`` list of every image under ``folders/<class>/`` (paths relative to ``root``)."""
+    lines = [f"{p.relative_to(root)} {c}\n" for c, name in enumerate(classes)
+             for p in sorted((folders / name).glob("*.png"), key=lambda q: int(q.stem))]
+    listing.write_text("".join(lines))
+    return listing
 
 
 def _write_images(root: Path, counts, seed=0) -> list[tuple[str, int]]:
@@ -45,9 +77,8 @@ def _write_images(root: Path, counts, seed=0) -> list[tuple[str, int]]:
         d = root / CLASSES[c].replace(" ", "_")
         d.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            arr = np.clip(np.array(COLOURS[c]) + rng.integers(-25, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
             p = d / f"img {i}.png"  # a space in the name on purpose
-            Image.fromarray(arr).save(p)
+            noisy_image(COLOURS[c], rng).save(p)
             items.append((str(p.relative_to(root)), c))
     return items
 
@@ -70,9 +101,7 @@ def dataset(tmp_path_factory):
 
 def common_args(out: Path, epochs: int = 2) -> list[str]:
     return [
-        "model.name=tiny-vit",
-        "data.image_size=32",
-        "data.num_workers=0",
+        *TINY,
         "optim.batch_size=4",
         "optim.lr=1e-3",
         "optim.name=adamw",
@@ -113,11 +142,7 @@ def rgb_folder(tmp_path_factory):
     """A folder tree with 4 train and 2 test images for each of red/green/blue."""
     root = tmp_path_factory.mktemp("rgb")
     rng = np.random.default_rng(0)
+    colours = dict(zip(RGB_CLASSES, ([200, 30, 30], [30, 200, 30], [30, 30, 200])))
     for split, n in (("train", 4), ("test", 2)):
-        for c, colour in enumerate(([200, 30, 30], [30, 200, 30], [30, 30, 200])):
-            d = root / split / RGB_CLASSES[c]
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(np.array(colour) + rng.integers(-40, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
+        write_class_folders(root / split, {c: n for c in RGB_CLASSES}, colours, spread=40, rng=rng)
     return root

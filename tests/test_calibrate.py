@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY, write_class_folders
 from tinlt.deploy.calibrate import choose_threshold, positive_class
 from tinlt.cli import main
 from tinlt.config import load_config, to_dict
@@ -104,19 +105,14 @@ CLASSES = ["a defect", "b normal"]  # folder order; the defect is rare in traini
 
 
 def _write(root: Path, per_class: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(CLASSES):
-        name = name.replace(" ", "_")
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            base = np.array([200, 60, 60]) if c == 0 else np.array([60, 60, 200])
-            arr = np.clip(base + rng.integers(-90, 90, (24, 28, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i}.png")
+    names = [c.replace(" ", "_") for c in CLASSES]
+    write_class_folders(root, {n: per_class for n in names}, dict(zip(names, ([200, 60, 60], [60, 60, 200]))),
+                        seed=seed, size=(28, 24), spread=90)
 
 
 def _checkpoint(root: Path, classes: list[str], counts: list[int], val: bool = True) -> tuple[Path, torch.nn.Module]:
     overrides = [
-        "model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "train.eval_batch_size=4",
+        *TINY, "train.eval_batch_size=4",
         "data.test.kind=folder", f"data.test.path={root / 'test'}",
     ]
     if val:

@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_class_folders
 import tinlt
 from tinlt.cli import main
 from tinlt.config import load_config, to_dict
@@ -41,14 +42,8 @@ SIZES = [(24, 24), (40, 27), (27, 61), (33, 32)]  # squares, landscape, portrait
 
 
 def _write_images(root: Path, per_class: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(CLASSES):
-        d = root / name.replace(" ", "_")
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            w, h = SIZES[i % len(SIZES)]
-            arr = np.clip(np.array(COLOURS[c]) + rng.integers(-60, 60, (h, w, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(d / f"{i}.png")
+    names = [c.replace(" ", "_") for c in CLASSES]
+    write_class_folders(root, {n: per_class for n in names}, dict(zip(names, COLOURS)), seed=seed, size=SIZES, spread=60)
 
 
 def make_checkpoint(root: Path, name: str = "tiny-vit", seed: int = 0, head: str = "text") -> tuple[Path, torch.nn.Module, object]:

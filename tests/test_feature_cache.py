@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import TINY, write_class_folders
 from tinlt.config import load_config
 from tinlt.data.dataset import ImageDataset
 from tinlt.data.samples import Samples
@@ -151,11 +152,7 @@ def test_changed_image_size_rebuilds(tmp_path):
 
 
 def _write_folder(root: Path, seed=0):
-    rng = np.random.default_rng(seed)
-    for c in CLASSES:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    write_class_folders(root, {c: 2 for c in CLASSES}, seed=seed)  # random pixels
 
 
 def test_changed_data_file_rebuilds(tmp_path):
@@ -218,8 +215,8 @@ def folder(rgb_folder):
 
 def _cfg(folder, out, cache="", *extra):
     return load_config(None, [
-        "model.name=tiny-vit", "model.freeze_image=true", "model.freeze_text=true", "data.image_size=32",
-        "data.augment=none", "data.num_workers=0", "optim.batch_size=4", "optim.lr=1e-2", "optim.name=adamw",
+        *TINY, "model.freeze_image=true", "model.freeze_text=true",
+        "data.augment=none", "optim.batch_size=4", "optim.lr=1e-2", "optim.name=adamw",
         "optim.epochs=2", "train.eval_batch_size=8", "train.quiet=true", f"train.output_dir={out}",
         "data.train.kind=folder", f"data.train.path={folder / 'train'}",
         "data.test.kind=folder", f"data.test.path={folder / 'test'}",

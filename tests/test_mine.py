@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY
 from tinlt.cli import main
 
 pytest.importorskip("imagehash")
@@ -42,7 +43,7 @@ def model(tmp_path_factory):
                 _img(COLOURS[cls], 1000 * (split == "test") + 100 * (cls == "rusty_clamp") + i).save(
                     root / split / cls / f"{i}.png")
     run = root / "run"
-    assert main(["train", "model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "optim.batch_size=4",
+    assert main(["train", *TINY, "optim.batch_size=4",
                  "optim.epochs=2", "optim.lr=1e-3", "optim.name=adamw", "train.quiet=true", "train.report=false",
                  "data.train.kind=folder", f"data.train.path={root / 'train'}", "data.test.kind=folder",
                  f"data.test.path={root / 'test'}", f"train.output_dir={run}"]) == 0

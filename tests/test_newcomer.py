@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY
 from tinlt.cli import main
 
 CLASSES = ("rusty_clamp", "sound_clamp")
 NAMES = ("rusty clamp", "sound clamp")  # folder trees order classes by name
-FAST = ["model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "optim.epochs=3", "optim.lr=1e-3",
+FAST = [*TINY, "optim.epochs=3", "optim.lr=1e-3",
         "optim.batch_size=16", "train.eval_batch_size=32", "train.quiet=true", "train.early_stopping=0"]
 
 

@@ -16,23 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import TINY as TINY_MODEL, write_class_folders
 from tinlt.cli import main
 from tinlt.errors import TinltError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.name=tiny-vit", "data.image_size=32", "optim.batch_size=4", "optim.epochs=1", "optim.lr=1e-3",
+TINY = [*TINY_MODEL, "optim.batch_size=4", "optim.epochs=1", "optim.lr=1e-3",
         "train.eval_batch_size=8", "train.quiet=true", "train.report=false"]
 
 
 def _folders(root: Path, counts: dict) -> Path:
-    rng = np.random.default_rng(0)
-    for cls, n in counts.items():
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
-    return root
+    return write_class_folders(root, counts)  # random pixels
 
 
 @pytest.fixture()

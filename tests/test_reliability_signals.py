@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import TINY, write_class_folders
 from tinlt.cli import main
 from tinlt.engine.checkpoint import load_checkpoint
 
@@ -36,13 +36,9 @@ COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("sigdata")
     rng = np.random.default_rng(0)
+    colours = {f"class_{c}": col for c, col in enumerate(COLOURS)}
     for split, counts in (("train", COUNTS), ("test", [2, 2, 2])):
-        for c, n in enumerate(counts):
-            d = root / split / f"class_{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(np.array(COLOURS[c]) + rng.integers(-30, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
+        write_class_folders(root / split, {f"class_{c}": n for c, n in enumerate(counts)}, colours, spread=30, rng=rng)
     return root
 
 
@@ -55,9 +51,7 @@ def _error_line(err: str) -> str:
 
 def _args(root: Path, out: Path, save_every_steps: int = 1) -> list[str]:
     return [
-        "model.name=tiny-vit",
-        "data.image_size=32",
-        "data.num_workers=0",
+        *TINY,
         "optim.batch_size=2",
         "optim.lr=1e-3",
         "optim.name=adamw",

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY, write_class_folders, write_list
 from tinlt import report
 from tinlt.cli import main
 from tinlt.errors import TinltError
@@ -30,20 +31,15 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 
 def _dataset(root: Path, classes: list[str], train_counts: list[int], test_per_class: int) -> list[str]:
     rng = np.random.default_rng(0)
+    folders = [f"c{c}" for c in range(len(classes))]
     for split, counts in (("train", train_counts), ("test", [test_per_class] * len(classes))):
-        lines = []
-        for c, n in enumerate(counts):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                arr = np.clip(np.array(COLOURS[c]) + rng.integers(-40, 40, (20, 20, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
-                lines.append(f"{split}/c{c}/{i}.png {c}\n")
-        (root / f"{split}.txt").write_text("".join(lines))
+        write_class_folders(root / split, dict(zip(folders, counts)), dict(zip(folders, COLOURS)), size=(20, 20),
+                            spread=40, rng=rng)
+        write_list(root / f"{split}.txt", root, root / split, folders)
     (root / "classnames.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(classes)))
     cn = root / "classnames.txt"
     return [
-        "model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "optim.batch_size=8", "optim.lr=1e-3",
+        *TINY, "optim.batch_size=8", "optim.lr=1e-3",
         "optim.name=adamw", "optim.epochs=2", "train.eval_every=1", "train.eval_batch_size=16", "train.quiet=true",
         "data.train.kind=list", f"data.train.path={root / 'train.txt'}", f"data.train.classnames={cn}",
         "data.test.kind=list", f"data.test.path={root / 'test.txt'}", f"data.test.classnames={cn}",

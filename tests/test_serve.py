@@ -27,6 +27,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 pytest.importorskip("onnxruntime")
 
+from conftest import TINY  # noqa: E402
 from tinlt.cli import main  # noqa: E402
 
 COLOURS = {"common_part": (200, 60, 60), "rare_part": (60, 60, 200)}
@@ -50,7 +51,7 @@ def served(tmp_path_factory):
             for i in range(n):
                 (root / split / cls / f"{i}.png").write_bytes(_png(COLOURS[cls], hash((split, cls, i)) % 1000))
     run = root / "run"
-    common = ["model.name=tiny-vit", "data.image_size=32", "data.num_workers=0", "optim.batch_size=4",
+    common = [*TINY, "optim.batch_size=4",
               "optim.epochs=2", "optim.lr=1e-3", "optim.name=adamw", "train.quiet=true", "train.report=false",
               "data.train.kind=folder", f"data.train.path={root / 'train'}", "data.test.kind=folder",
               f"data.test.path={root / 'test'}", f"train.output_dir={run}"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY
 from tinlt.config import load_config
 from tinlt.engine.device import is_convolutional
 from tinlt.engine.trainer import train
@@ -28,8 +29,7 @@ def folder(rgb_folder):
 
 def _cfg(folder, out, *extra):
     return load_config(None, [
-        "model.name=tiny-vit", "model.freeze_image=true", "data.image_size=32", "data.augment=paper",
-        "data.num_workers=0", "optim.batch_size=4", "optim.lr=1e-2", "optim.name=adamw",
+        *TINY, "model.freeze_image=true", "data.augment=paper", "optim.batch_size=4", "optim.lr=1e-2", "optim.name=adamw",
         f"optim.epochs={EPOCHS}", "train.eval_batch_size=8", "train.quiet=true", f"train.output_dir={out}",
         "data.train.kind=folder", f"data.train.path={folder / 'train'}",
         "data.test.kind=folder", f"data.test.path={folder / 'test'}", *extra,

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 import tinlt
 import tinlt.engine.inference as inference
 import tinlt.engine.trainer as trainer
+from conftest import write_class_folders, write_list
 from tinlt.cli import main
 from tinlt.errors import TinltError
 from tinlt.sweep import cell_state, load_sweep
@@ -30,16 +30,9 @@ COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
 
 
 def _write_split(root: Path, counts, seed) -> Path:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    lines = []
-    for c, n in enumerate(counts):
-        for i in range(n):
-            arr = np.clip(np.array(COLOURS[c]) + rng.integers(-25, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"{c}_{i}.png")
-            lines.append(f"{c}_{i}.png {c}\n")
-    (root / "list.txt").write_text("".join(lines))
-    return root / "list.txt"
+    folders = [str(c) for c in range(len(counts))]
+    write_class_folders(root, dict(zip(folders, counts)), dict(zip(folders, COLOURS)), seed=seed)
+    return write_list(root / "list.txt", root, root, folders)
 
 
 @pytest.fixture(scope="module")
