@@ -42,13 +42,16 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from tinlt.models.clip_towers import OpenCLIPImageTower, OpenCLIPTextTower
+    from tinlt.models.towers.clip_image import openclip_image_tower
+    from tinlt.models.towers.clip_text import OpenCLIPTextTower
+    from tinlt.models.towers.clip_weights import register_model_configs
     from tinlt.models.tin import TIN
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    register_model_configs()  # tiny-vit / tiny-rn
     clip = open_clip.create_model(args.model).eval()
-    tin = TIN(OpenCLIPImageTower(clip.visual, name=args.model),
+    tin = TIN(openclip_image_tower(clip.visual, name=args.model),
               OpenCLIPTextTower(clip, open_clip.get_tokenizer(args.model), name=args.model),
               [f"class {i}" for i in range(args.classes)]).eval()
     with torch.no_grad():

@@ -57,7 +57,7 @@ def worker(mode: str, args: argparse.Namespace) -> None:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    from tinlt.models.offline import EfficientNetLiteTower
+    from tinlt.models.towers.offline import EfficientNetLiteTower
 
     model = EfficientNetLiteTower("lite0", embed_dim=256, pretrained=False).train()
     if mode == "mallopt-late":

@@ -33,6 +33,11 @@ def pytest_make_collect_report(collector):  # a whole module skipped (pytest.imp
     _no_skips((yield).get_result())
 
 
+# tinlt's tiny open_clip configs (tiny-vit, tiny-rn), which some tests build with open_clip directly
+from tinlt.models.towers.clip_weights import register_model_configs  # noqa: E402
+
+register_model_configs()
+
 CLASSES = ["red thing", "green thing", "blue thing"]
 TRAIN_COUNTS = [9, 5, 2]
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]

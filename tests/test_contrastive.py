@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinlt.config import LossConfig, load_config
+from tinlt.config import load_config
 from tinlt.errors import TinltError
 from tinlt.losses import (
     ContrastiveLoss,
@@ -19,6 +19,11 @@ from tinlt.losses import (
     WithContrastive,
     build_loss,
 )
+
+
+def _loss(**keys) -> dict:
+    """A loss section as a dict (keys not given take their registered defaults)."""
+    return {"name": "seesaw", **keys}
 
 
 def reference(logits: list[list[float]], targets: list[int]) -> float:
@@ -111,34 +116,34 @@ def test_build_loss_alone_and_added_with_a_weight():
     logits, targets = _random_batch(2)
     z, y = torch.tensor(logits), torch.tensor(targets)
     counts = [50, 20, 10, 5, 2, 1]
-    alone = build_loss(LossConfig(name="contrastive"), counts)
+    alone = build_loss(_loss(name="contrastive"), counts)
     assert type(alone) is ContrastiveLoss
 
-    mixed = build_loss(LossConfig(name="ce", contrastive_weight=0.25), counts)
+    mixed = build_loss(_loss(name="ce", contrastive_weight=0.25), counts)
     assert isinstance(mixed, WithContrastive)
     ce = sum(-math.log(math.exp(r[t]) / sum(math.exp(v) for v in r)) for r, t in zip(logits, targets)) / len(logits)
     assert mixed(z, y).item() == pytest.approx(ce + 0.25 * reference(logits, targets), rel=1e-5)
 
     # zero weight: the base loss object itself, unchanged
-    assert type(build_loss(LossConfig(name="ce"), counts)) is CrossEntropyLoss
+    assert type(build_loss(_loss(name="ce"), counts)) is CrossEntropyLoss
 
 
 def test_wrapped_loss_keeps_epoch_hook_and_state():
     counts = [50, 20, 10, 5, 2, 1]
     logits, targets = _random_batch(4)
     z, y = torch.tensor(logits), torch.tensor(targets)
-    ldam = build_loss(LossConfig(name="ldam", drw_epoch=1, contrastive_weight=1.0), counts)
+    ldam = build_loss(_loss(name="ldam", drw_epoch=1, contrastive_weight=1.0), counts)
     before = ldam(z, y).item()
     ldam.set_epoch(1)  # deferred re-weighting switches on inside the wrapper
     assert isinstance(ldam.base, LDAMLoss) and ldam.base.reweight
     assert ldam(z, y).item() != pytest.approx(before)
 
-    seesaw = build_loss(LossConfig(name="seesaw", online=True, contrastive_weight=0.5), counts)
+    seesaw = build_loss(_loss(name="seesaw", online=True, contrastive_weight=0.5), counts)
     seesaw.train()
     seesaw(z, y)
     state = seesaw.state_dict()
     assert state["base.cum_samples"].tolist() == [targets.count(c) for c in range(6)]
-    fresh = build_loss(LossConfig(name="seesaw", online=True, contrastive_weight=0.5), counts)
+    fresh = build_loss(_loss(name="seesaw", online=True, contrastive_weight=0.5), counts)
     fresh.load_state_dict(state)
     assert isinstance(fresh.base, SeesawLoss) and fresh.base.cum_samples.tolist() == state["base.cum_samples"].tolist()
 

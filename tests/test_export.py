@@ -118,7 +118,7 @@ def test_parity_check_float64_fallback_and_a_wrong_graph(setup):
     # a graph that does not compute the model (logit scale off by 1%) fails either way
     other = copy.deepcopy(model)
     with torch.no_grad():
-        other.logit_scale += 0.01
+        other.head.logit_scale += 0.01
     bad = check_parity(ExportWrapper(other), out, x, tolerance=1e-4)
     assert not bad["passed"] and bad["max_abs_logit_diff"] > 1e-3
 

@@ -21,7 +21,7 @@ from tinlt.data.sources import load_folder
 from tinlt.data.transforms import build_transforms
 from tinlt.engine.feature_cache import CachedEmbedding, CachedSplit, FeatureStore, cacheable_kind
 from tinlt.engine.trainer import train
-from tinlt.models.clip_towers import OpenCLIPImageTower
+from tinlt.models.towers.clip_vit import OpenCLIPViTTower as OpenCLIPImageTower
 from tinlt.models.factory import create_model
 
 CLASSES = ["red", "green", "blue"]

@@ -9,7 +9,6 @@ import tempfile
 import pytest
 import torch
 
-from tinlt.config import LOSSES, LossConfig
 from tinlt.errors import TinltError
 from tinlt.losses import (
     BalancedSoftmaxLoss,
@@ -22,7 +21,14 @@ from tinlt.losses import (
     build_loss,
     class_balanced_weights,
     logit_adjust,
+    loss_names,
 )
+
+
+def _loss(**keys) -> dict:
+    """A loss section as a dict (keys not given take their registered defaults)."""
+    return {"name": "seesaw", **keys}
+
 
 COUNTS = [100, 200, 5, 1]
 LOGITS = [
@@ -195,12 +201,12 @@ def test_seesaw_online_counts_sum_across_ranks():
 
 
 def _named(name: str, **keys):
-    return lambda: build_loss(LossConfig(name=name, **keys), COUNTS)
+    return lambda: build_loss(_loss(name=name, **keys), COUNTS)
 
 
 # every loss the config accepts at its defaults (derived, so a new loss is tested the day it
 # is added), plus settings that take other code paths
-ALL_LOSSES = [_named(n) for n in LOSSES] + [
+ALL_LOSSES = [_named(n) for n in loss_names()] + [
     _named("seesaw", p=0.8, q=2.0),
     _named("seesaw", p=0.8, q=0.5, online=True),
     _named("ce", label_smoothing=0.1),
@@ -209,7 +215,7 @@ ALL_LOSSES = [_named(n) for n in LOSSES] + [
     _named("ldam", drw_epoch=0),
     _named("seesaw", contrastive_weight=0.5),
 ]
-LOSS_IDS = [*LOSSES, "seesaw-q", "seesaw-online", "ce-smoothing", "focal-0.5", "cb_focal", "ldam-drw", "with-contrastive"]
+LOSS_IDS = [*loss_names(), "seesaw-q", "seesaw-online", "ce-smoothing", "focal-0.5", "cb_focal", "ldam-drw", "with-contrastive"]
 
 
 @pytest.mark.parametrize("make", ALL_LOSSES, ids=LOSS_IDS)
@@ -349,20 +355,20 @@ def test_other_losses_have_noop_set_epoch():
     ],
 )
 def test_build_loss_names(name, cls):
-    loss = build_loss(LossConfig(name=name), COUNTS)
+    loss = build_loss(_loss(name=name), COUNTS)
     assert type(loss) is cls
     z, y = _t()
     assert torch.isfinite(loss(z, y))
 
 
 def test_build_loss_passes_config_values():
-    cfg = LossConfig(name="seesaw", p=0.8, q=2.0, online=True, eps=0.05)
+    cfg = _loss(name="seesaw", p=0.8, q=2.0, online=True, eps=0.05)
     loss = build_loss(cfg, COUNTS)
     assert (loss.p, loss.q, loss.online, loss.eps) == (0.8, 2.0, True, 0.05)
-    cb = build_loss(LossConfig(name="cb_focal", beta=0.5, gamma=1.5), [1, 2])
+    cb = build_loss(_loss(name="cb_focal", beta=0.5, gamma=1.5), [1, 2])
     assert (cb.base, cb.gamma) == ("focal", 1.5)
     assert cb.weight.tolist() == pytest.approx([1.2, 0.8])
-    ldam = build_loss(LossConfig(name="ldam", max_margin=0.3, s=10.0, drw_epoch=4), [16, 1])
+    ldam = build_loss(_loss(name="ldam", max_margin=0.3, s=10.0, drw_epoch=4), [16, 1])
     assert ldam.margins.max().item() == pytest.approx(0.3) and ldam.s == 10.0 and ldam.drw_epoch == 4
 
 
@@ -376,15 +382,15 @@ def test_build_loss_from_omegaconf_node():
 
 def test_build_loss_errors():
     with pytest.raises(TinltError, match=r"loss\.name.*seesaw, ce, focal, cb_ce, cb_focal, balanced_softmax"):
-        build_loss(LossConfig(name="sesaw"), COUNTS)
+        build_loss(_loss(name="sesaw"), COUNTS)
     with pytest.raises(TinltError, match=r"loss\.label_smoothing"):
-        build_loss(LossConfig(name="focal", label_smoothing=0.1), COUNTS)
+        build_loss(_loss(name="focal", label_smoothing=0.1), COUNTS)
     with pytest.raises(TinltError, match=r"loss\.beta"):
-        build_loss(LossConfig(name="cb_ce", beta=1.5), COUNTS)
+        build_loss(_loss(name="cb_ce", beta=1.5), COUNTS)
     with pytest.raises(TinltError, match=r"loss\.p"):
-        build_loss(LossConfig(name="seesaw", p=-1.0), COUNTS)
+        build_loss(_loss(name="seesaw", p=-1.0), COUNTS)
     with pytest.raises(TinltError, match="class_counts"):
-        build_loss(LossConfig(), [3, -1])
+        build_loss(_loss(), [3, -1])
 
 
 def test_class_count_mismatch_is_one_clear_error():

@@ -7,20 +7,18 @@ import pytest
 import torch
 
 from tinlt.errors import TinltError
-from tinlt.models.clip_towers import (
-    OpenCLIPImageTower,
-    OpenCLIPTextTower,
-    create_openclip_towers,
-    is_torchscript_archive,
-    load_openclip_model,
-)
+from tinlt.models.towers.clip_image import openclip_image_tower
+from tinlt.models.towers.clip_text import OpenCLIPTextTower
+from tinlt.models.towers.clip_weights import is_torchscript_archive, load_openclip_model, register_model_configs
+from tinlt.models.towers.openclip import create_openclip_towers
 
+register_model_configs()  # tiny-vit / tiny-rn, as the towers do on first use
 EOT = 49407  # CLIP tokenizer's end-of-text id (the largest id)
 PROMPTS = ["a photo of a cat.", "dog", "a photo of a strain clamp on a transmission line, seen from below"]
 
 
 def _towers(model, name):
-    return OpenCLIPImageTower(model.visual, name=name), OpenCLIPTextTower(model, open_clip.get_tokenizer(name), name=name)
+    return openclip_image_tower(model.visual, name=name), OpenCLIPTextTower(model, open_clip.get_tokenizer(name), name=name)
 
 
 @pytest.fixture(scope="module", params=["tiny-vit", "tiny-rn"])

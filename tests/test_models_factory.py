@@ -12,8 +12,9 @@ from PIL import Image
 
 from tinlt.config import Config, ModelConfig, load_config
 from tinlt.errors import TinltError
-from tinlt.models import factory, registry
-from tinlt.models.clip_towers import OpenCLIPImageTower, OpenCLIPTextTower
+from tinlt.models import registry
+from tinlt.models.towers.clip_image import OpenCLIPImageTower, openclip_image_tower
+from tinlt.models.towers.clip_text import OpenCLIPTextTower
 from tinlt.models.factory import create_model, create_model_and_transforms, list_models
 from tinlt.models.tin import TIN
 
@@ -96,25 +97,30 @@ def test_list_models_has_tiny_configs_and_registered_pairs(monkeypatch):
 def test_registry_comes_before_open_clip(monkeypatch):
     seen = {}
 
-    def builder(cfg):
+    def builder(cfg, image_size=None):
         seen["cfg"] = cfg
         torch.manual_seed(0)
         clip = open_clip.create_model("tiny-rn")
-        return OpenCLIPImageTower(clip.visual), OpenCLIPTextTower(clip, open_clip.get_tokenizer("tiny-rn"))
+        return openclip_image_tower(clip.visual), OpenCLIPTextTower(clip, open_clip.get_tokenizer("tiny-rn"))
 
-    monkeypatch.setitem(registry._BUILDERS, "tiny-vit", builder)  # shadows the open_clip name
+    monkeypatch.setitem(registry._BUILDERS, "tiny-vit", registry._Entry(builder, "test", []))  # shadows open_clip
     model = create_model({"name": "tiny-vit", "embed_dim": 64}, CLASSES)
     assert model.image_size == 64  # tiny-rn's size: the registered builder was used
     assert seen["cfg"].embed_dim == 64 and seen["cfg"].pretrained_image is True
 
 
 def test_missing_offline_module_does_not_break_open_clip(monkeypatch):
-    monkeypatch.setattr(factory, "_offline_tried", False)
-    monkeypatch.setattr(factory, "_offline_error", None)
-    monkeypatch.setitem(sys.modules, "tinlt.models.offline", None)  # import now raises ImportError
+    from tinlt.models import builtin, towers
+
+    for name in registry.registered_names():
+        monkeypatch.delitem(registry._BUILDERS, name)  # as if the offline module had never registered
+    monkeypatch.setattr(builtin, "UNAVAILABLE", {})
+    monkeypatch.setitem(sys.modules, "tinlt.models.towers.offline", None)  # import now raises ImportError
+    builtin._import_all(towers)
+    assert "tinlt.models.towers.offline" in builtin.UNAVAILABLE
     model = create_model({"name": "tiny-vit"}, CLASSES)
     assert isinstance(model, TIN)
-    with pytest.raises(TinltError, match="offline towers unavailable"):
+    with pytest.raises(TinltError, match="towers unavailable: tinlt.models.towers.offline"):
         create_model({"name": "no-such-model"}, CLASSES)
 
 

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from tinlt.errors import TinltError
-from tinlt.models.clip_towers import OpenCLIPImageTower, OpenCLIPTextTower
+from tinlt.models.towers.clip_image import openclip_image_tower
+from tinlt.models.towers.clip_text import OpenCLIPTextTower
+from tinlt.models.towers.clip_vit import OpenCLIPViTTower
 from tinlt.models.tin import TIN
 
 CLASSES = ["strain_clamp", "suspension clamp", "cat"]
@@ -21,7 +23,7 @@ def _clip(name="tiny-vit", seed=0, **kwargs):
 
 
 def _towers(model, name="tiny-vit"):
-    return (OpenCLIPImageTower(model.visual, name=name),
+    return (openclip_image_tower(model.visual, name=name),
             OpenCLIPTextTower(model, open_clip.get_tokenizer(name), name=name))
 
 
@@ -108,8 +110,19 @@ def test_logits_are_scaled_cosine_and_scale_is_clamped():
 
 def test_fixed_logit_scale_is_a_buffer():
     tin, _ = _tin(logit_scale=20.0, learn_logit_scale=False)
-    assert "logit_scale" not in dict(tin.named_parameters())
-    assert tin.state_dict()["logit_scale"].item() == pytest.approx(math.log(20.0))
+    assert "head.logit_scale" not in dict(tin.named_parameters())
+    assert tin.state_dict()["head.logit_scale"].item() == pytest.approx(math.log(20.0))
+
+
+def test_a_checkpoint_from_before_head_objects_loads():
+    """Weights saved when the text head's scale was TIN's own ``logit_scale`` still load (strictly)."""
+    tin, _ = _tin(logit_scale=20.0)
+    old = dict(tin.state_dict())
+    old["logit_scale"] = torch.tensor(math.log(30.0))
+    del old["head.logit_scale"]
+    fresh, _ = _tin(seed=3)
+    fresh.load_state_dict(old)
+    assert fresh.scale().item() == pytest.approx(30.0)
 
 
 def test_linear_head_uses_normalised_image_embedding_only():
@@ -200,7 +213,7 @@ def test_text_feature_cache():
     assert tin.class_text_features().shape == (2, 32)
 
 
-class _ViTWithNewProjection(OpenCLIPImageTower):
+class _ViTWithNewProjection(OpenCLIPViTTower):
     def new_parameter_names(self):
         return {"visual.proj"}
 
@@ -221,7 +234,7 @@ def test_param_groups_partition_trainable_parameters():
     tin = TIN(image, text, CLASSES)
     named = {g: {n for n, _ in items} for g, items in _check_partition(tin).items()}
     assert "image_tower.visual.proj" in named["new"]
-    assert {"attention.gate", "logit_scale", "attention.lka.conv0.weight"} <= named["new"]
+    assert {"attention.gate", "head.logit_scale", "attention.lka.conv0.weight"} <= named["new"]
     assert "image_tower.visual.conv1.weight" in named["image"]
     assert "text_tower.token_embedding.weight" in named["text"]
     assert all(n.startswith("image_tower.") for n in named["image"])

@@ -214,7 +214,7 @@ def test_missing_imagenet_train_list_names_the_key(tmp_path, capsys, monkeypatch
 
 
 def test_unreachable_hub_is_one_quick_message(tree, tmp_path, capsys, monkeypatch):
-    from tinlt.models import clip_towers
+    from tinlt.models.towers import clip_weights as clip_towers
 
     calls = []
     monkeypatch.setattr(clip_towers, "_hub_reachable", lambda *a, **k: calls.append(1) or False)

@@ -22,7 +22,8 @@ from PIL import Image
 
 from tinlt.config import ModelConfig
 from tinlt.errors import TinltError
-from tinlt.models import offline, registry
+from tinlt.models import registry
+from tinlt.models.towers import offline
 
 pytestmark = pytest.mark.slow
 

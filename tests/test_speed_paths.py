@@ -15,7 +15,7 @@ from conftest import TINY
 from tinlt.config import load_config
 from tinlt.engine.device import is_convolutional
 from tinlt.engine.trainer import train
-from tinlt.models.clip_towers import OpenCLIPTextTower
+from tinlt.models.towers.clip_text import OpenCLIPTextTower
 from tinlt.models.factory import create_model
 
 CLASSES = ["red", "green", "blue"]

@@ -21,10 +21,11 @@ from PIL import Image
 
 from conftest import common_args, split_args
 from tinlt.cli import main
-from tinlt.config import TUNING_METHODS, load_config
+from tinlt.config import load_config
 from tinlt.errors import TinltError
 from tinlt.models.factory import create_model
-from tinlt.models.tuning import adaptformer_width, merge, trainable_summary
+from tinlt.models.tuning import merge, method_names, trainable_summary
+from tinlt.models.tuning.adaptformer import adaptformer_width
 
 CLASSES = ["dog", "cat", "red bird"]
 
@@ -44,7 +45,7 @@ def _logits(model, x):
 # allowed values, so a new method is tested the day it is added. What each method needs and
 # what it trains is written here from its documented scope (docs/tuning.md), not read from
 # the tuning code.
-METHODS = [m for m in TUNING_METHODS if m]
+METHODS = method_names()
 NEEDS = {"adaptformer": "transformer", "ln": "transformer", "bn": "conv", "vpt": "vit_image"}
 NOT_IDENTITY_AT_INIT = {"vpt"}  # extra keys change the attention whatever the prompts' values
 TOWERS = {  # (model, tower): what the tower is
@@ -204,7 +205,7 @@ def test_only_the_methods_tensors_train_and_the_rest_stays_bit_identical(name, m
 
 def test_lora_equals_peft_on_minilm():
     peft = pytest.importorskip("peft")
-    from tinlt.models.offline import MiniLMTextTower
+    from tinlt.models.towers.offline import MiniLMTextTower
 
     torch.manual_seed(0)
     tower = MiniLMTextTower(embed_dim=16, pretrained=False).eval()

@@ -117,7 +117,7 @@ def test_ssf_on_the_fused_in_projection_and_on_batchnorm():
     with torch.no_grad():
         bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
         bn.running_var.copy_(torch.tensor([1.5, 0.5, 2.0]))
-    from tinlt.models.tuning.modules import add_ssf
+    from tinlt.models.tuning.ssf import add_ssf
 
     w0, b0 = bn.weight.detach().clone(), bn.bias.detach().clone()
     made = add_ssf(bn, "weight", "bias")
@@ -163,7 +163,7 @@ def _first(out):
 
 def test_adaptformer_branch_in_a_post_norm_bert_block():
     """MiniLM: out = LN(dense(intermediate(a)) + a + adapter(a)), a = the attention's output."""
-    from tinlt.models.offline import MiniLMTextTower
+    from tinlt.models.towers.offline import MiniLMTextTower
 
     torch.manual_seed(0)
     tower = MiniLMTextTower(embed_dim=16, pretrained=False).eval()
@@ -184,7 +184,7 @@ def test_adaptformer_branch_in_a_post_norm_bert_block():
 
 
 def test_visual_prompts_insert_then_replace_by_hand():
-    from tinlt.models.tuning.modules import VisualPrompts
+    from tinlt.models.tuning.vpt import VisualPrompts
 
     n, d = 2, 4
     deep = VisualPrompts(n, d, blocks=3, deep=True, patch_area=4)

@@ -5,7 +5,7 @@ command-line overrides onto a dataclass schema, so an unknown key or a wrong typ
 caught before any work starts. We add the one thing it lacks, a "did you mean" hint.
 
 The schema is the vocabulary every layer speaks: this module also declares the allowed
-value of every key that takes a name (``CHOICES``), and the modules that implement those
+value of every key that takes a name (:func:`choices`), and the modules that implement those
 names (models, losses, data) import their lists from here. It imports nothing of tinlt
 but ``errors``, so data, models and losses may depend on it and never the reverse (an
 import contract in ``pyproject.toml`` checks it).
@@ -13,14 +13,26 @@ import contract in ``pyproject.toml`` checks it).
 A YAML file may start with ``_base_: other.yaml`` (or a list) to inherit; paths are
 relative to the file. A bare name like ``paper_vitb32`` is looked up in the bundled
 ``tinlt/configs`` folder.
+
+Extensions: names and keys whose meaning lives with their implementation (tuning methods
+and their keys, heads, losses and their keys) are registered by the implementing module
+(:func:`register_choice`, :func:`register_keys`), so adding one is one new module. Config
+learns them from the modules listed under the entry-point group ``tinlt.extensions``
+(tinlt's own, ``tinlt.models.builtin``, is the first) and in ``$TINLT_PLUGINS``
+(comma-separated module names), imported once before the first schema is built. This
+module never names them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -37,41 +49,40 @@ if not OmegaConf.has_resolver("tinlt_lists"):
     _register("tinlt_lists", lambda rel: str(LISTS_DIR / rel))
 
 
-# Allowed values of the keys that name a method, declared once. The implementing modules
-# (models/tin.py, data/transforms.py, losses.py, ...) take their lists from here.
+# Allowed values of the keys that name a method, declared once. Keys whose values are
+# registered by extensions (tuning methods, heads, losses) start with the values that are
+# config's own ("" = unset) and grow as extensions register (see the module doc).
 SPLIT_KINDS = ("list", "folder", "csv", "fashion_mnist")
-HEADS = ("text", "linear", "cosine")
-TUNING_METHODS = ("", "full", "frozen", "lora", "adaptformer", "vpt", "bitfit", "ln", "bn", "ssf", "last_k")
-LORA_TARGETS = ("q", "k", "v", "o", "mlp", "conv1x1")
 CLASSIFIER_INITS = ("", "text", "class_mean", "probe", "random")
 COOP_POSITIONS = ("end", "middle", "front")
 TTA_MODES = ("none", "flip", "five_crop", "ten_crop")
 AUGMENTS = ("paper", "none")
 SAMPLERS = ("instance", "class_balanced", "sqrt")
 GROUP_MODES = ("auto", "absolute", "relative")
-LOSSES = ("seesaw", "ce", "focal", "cb_ce", "cb_focal", "balanced_softmax", "logit_adjust", "ldam", "contrastive")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 LR_SCALINGS = ("none", "linear", "sqrt")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
-CHOICES = {
-    "model.head": HEADS,
-    "model.tune_image.method": TUNING_METHODS,
-    "model.tune_text.method": TUNING_METHODS,
+_STATIC_CHOICES = {
+    "model.head": (),
+    "model.tune_image.method": ("",),
+    "model.tune_text.method": ("",),
     "model.classifier_init": CLASSIFIER_INITS,
     "model.coop.position": COOP_POSITIONS,
     "data.tta": TTA_MODES,
     "data.augment": AUGMENTS,
     "data.sampler": SAMPLERS,
     "data.groups": GROUP_MODES,
-    "loss.name": LOSSES,
+    "loss.name": (),
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "optim.lr_scaling": LR_SCALINGS,
     "train.amp": AMP_MODES,
     "train.best_checkpoint": ("val", "last"),
 }
+# registered values of one key also count for these (a tuning method tunes either tower)
+_CHOICE_ALIASES = {"model.tune_image.method": "model.tune.method", "model.tune_text.method": "model.tune.method"}
 SPLIT_KEYS = ("data.train", "data.val", "data.test")
 
 
@@ -114,16 +125,11 @@ class DataConfig:
 
 @dataclass
 class TuneConfig:
-    """How one tower trains (models/tuning/; docs/tuning.md). Empty method: model.freeze_* decide."""
+    """How one tower trains (models/tuning/; docs/tuning.md). Empty method: model.freeze_* decide.
+    Each method adds its own keys (LoRA's rank, alpha, targets; ...) by registering them."""
 
-    method: str = ""  # full | frozen | lora | adaptformer | vpt | bitfit | ln | bn | ssf | last_k
+    method: str = ""  # full | frozen | a registered method (tinlt models lists them)
     blocks: int = 0  # apply the method to the last this many blocks only (last_k: how many train); 0 = all
-    rank: int = 8  # lora
-    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
-    targets: List[str] = field(default_factory=lambda: ["q", "v"])  # lora: q k v o (attention), mlp, conv1x1
-    bottleneck: int = 0  # adaptformer: width; 0 = LIFT's rule 2^max(0, floor(log2(classes / (2 * blocks))))
-    prompts: int = 10  # vpt: prompt tokens
-    deep: bool = False  # vpt: new prompts before every block (else only before the first)
 
 
 @dataclass
@@ -171,20 +177,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "seesaw"  # seesaw | ce | focal | cb_ce | cb_focal | balanced_softmax | logit_adjust | ldam | contrastive
+    """The loss by name; each loss adds its own keys by registering them (seesaw's p, q, ...)."""
+
+    name: str = "seesaw"  # a registered loss (seesaw, ce, focal, ...; docs/ablations.md)
     contrastive_weight: float = 0.0  # text head: add this times the image-text contrastive loss to the loss above
-    p: float = 0.7  # seesaw mitigation exponent: (N_j/N_i)^p for rarer negatives
-    q: float = 0.0  # seesaw compensation exponent (0 = off)
-    online: bool = False  # seesaw: accumulate class counts from training batches instead of the split prior
-    eps: float = 1e-2  # seesaw: floor on the target probability in the compensation ratio
-    label_smoothing: float = 0.0  # ce only
-    gamma: float = 2.0  # focal / cb_focal focusing exponent (0 = cross-entropy)
-    beta: float = 0.9999  # cb_ce / cb_focal effective-number beta in [0, 1)
-    tau: float = 1.0  # logit_adjust: weight of log prior added to the logits
-    max_margin: float = 0.5  # ldam: margin of the rarest class (margins ~ n^-1/4)
-    s: float = 30.0  # ldam: scale on the margined logits (30 assumes cosine logits)
-    drw_epoch: Optional[int] = None  # ldam: 0-based epoch from which class-balanced weights apply; null = never
-    drw_beta: float = 0.9999  # ldam: beta of the deferred re-weighting
 
 
 @dataclass
@@ -250,6 +246,141 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# ----------------------------------------------------------------------------- extensions
+
+EXTENSION_GROUP = "tinlt.extensions"
+PLUGINS_ENV = "TINLT_PLUGINS"
+KEY_SECTIONS = ("model.tune", "loss")  # sections whose keys extensions may add (model.tune: both towers)
+_choices: dict[str, list[str]] = {}
+_validators: list[Callable[[DictConfig], None]] = []
+_keys: dict[str, list[type]] = {s: [] for s in KEY_SECTIONS}
+_state = {"loaded": False, "loading": False, "schema": None}
+
+
+def register_choice(key: str, name: str) -> None:
+    """Allow ``name`` as a value of ``key`` ("model.tune.method", "model.head", "loss.name")."""
+    names = _choices.setdefault(key, [])
+    if name not in names:
+        names.append(name)
+
+
+def register_keys(section: str, keys: type) -> None:
+    """Add the fields of dataclass ``keys`` to ``section`` (one of KEY_SECTIONS) of the schema.
+    A key two extensions both declare must agree on its type and default."""
+    if section not in _keys:
+        raise TinltError(f"register_keys: section {section!r}; expected one of {', '.join(KEY_SECTIONS)}")
+    if keys in _keys[section]:
+        return
+    known = {f.name: (t, f) for cls in (_section_base(section), *_keys[section])
+             for f, t in zip(dataclasses.fields(cls), _hints(cls))}
+    for f, t in zip(dataclasses.fields(keys), _hints(keys)):
+        if f.name in known and (known[f.name][0] != t or _default(known[f.name][1]) != _default(f)):
+            raise TinltError(f"config key '{section}.{f.name}' is declared twice with different types or defaults "
+                             f"({keys.__module__}.{keys.__name__})")
+    _keys[section].append(keys)
+    _state["schema"] = None
+
+
+def register_validator(check: Callable[[DictConfig], None]) -> None:
+    """Run ``check(cfg)`` in :func:`validate` (an extension's checks across its keys; raise TinltError)."""
+    if check not in _validators:
+        _validators.append(check)
+
+
+def check_section(section: str, node: Any) -> None:
+    """Run the registered validators on ``node`` as config section ``section`` (the rest at
+    defaults): for library callers that build one part from its section alone."""
+    full = schema()
+    full[section] = node
+    for check in _validators:
+        check(full)
+
+
+def load_extensions() -> None:
+    """Import the extension modules once (entry points ``tinlt.extensions``, then ``$TINLT_PLUGINS``)."""
+    if _state["loaded"] or _state["loading"]:
+        return
+    _state["loading"] = True
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in sorted(entry_points(group=EXTENSION_GROUP), key=lambda e: (e.name != "builtin", e.name)):
+            _import_extension(ep.value.split(":")[0], f"entry point '{ep.name}'")
+        for name in [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]:
+            _import_extension(name, f"${PLUGINS_ENV}")
+        _state["loaded"] = True
+    finally:
+        _state["loading"] = False
+
+
+def _import_extension(module: str, where: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise TinltError(f"{where}: cannot import extension module '{module}': {e}") from None
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The allowed values of ``key``: config's own, then those extensions registered."""
+    load_extensions()
+    own = _STATIC_CHOICES[key]
+    extra = _choices.get(_CHOICE_ALIASES.get(key, key), [])
+    return tuple(own) + tuple(n for n in extra if n not in own)
+
+
+def _hints(cls: type) -> list:
+    hints = typing.get_type_hints(cls)
+    return [hints[f.name] for f in dataclasses.fields(cls)]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _section_base(section: str) -> type:
+    return TuneConfig if section == "model.tune" else LossConfig
+
+
+def _extend(base: type, extra: list[type]) -> type:
+    """``base`` with the fields of each ``extra`` dataclass added (a dataclass of the same name)."""
+    if not extra:
+        return base
+    have = {f.name for f in dataclasses.fields(base)}
+    fields = []
+    for cls in extra:
+        for f, t in zip(dataclasses.fields(cls), _hints(cls)):
+            if f.name not in have:
+                have.add(f.name)
+                default = ({"default_factory": f.default_factory} if f.default_factory is not dataclasses.MISSING
+                           else {"default": f.default})
+                fields.append((f.name, t, field(**default)))
+    return _dataclass(base.__name__, fields, base)
+
+
+def _dataclass(name: str, fields: list, base: type) -> type:
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,))
+    cls.__module__ = __name__  # string annotations of the base resolve in this module
+    return cls
+
+
+def schema_class() -> type:
+    """The Config dataclass with every registered key in place (built once per registration)."""
+    load_extensions()
+    if _state["schema"] is None:
+        tune = _extend(TuneConfig, _keys["model.tune"])
+        loss = _extend(LossConfig, _keys["loss"])
+        model = _dataclass("ModelConfig", [("tune_image", tune, field(default_factory=tune)),
+                                            ("tune_text", tune, field(default_factory=tune))], ModelConfig)
+        _state["schema"] = _dataclass("Config", [("model", model, field(default_factory=model)),
+                                                 ("loss", loss, field(default_factory=loss))], Config)
+    return _state["schema"]
+
+
+def schema() -> DictConfig:
+    """A fresh copy of the full schema at its defaults."""
+    return OmegaConf.structured(schema_class())
+
+
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if isinstance(node, DictConfig):
@@ -270,7 +401,7 @@ SYNONYMS = {"learning_rate": "lr", "lr_rate": "lr", "base_lr": "lr", "num_epochs
 def _hint(bad_key: str) -> str:
     """The key meant: a synonym (learning_rate -> lr), a leaf in its own section, then the
     same leaf in another section (train.epochs -> optim.epochs), then the closest full key."""
-    valid = _all_keys(OmegaConf.structured(Config))
+    valid = _all_keys(schema())
     section, _, leaf = bad_key.rpartition(".")
     leaf = SYNONYMS.get(leaf, leaf)
     by_section: dict[str, list[str]] = {}
@@ -360,10 +491,10 @@ def _key_lines(path: Path) -> dict[str, int]:
 
 def _check_keys(data: dict, where: Path) -> None:
     """Every unknown key of one YAML layer in one message, each with its line and a hint."""
-    bad = _unknown_keys(data, OmegaConf.structured(Config))
+    bad = _unknown_keys(data, schema())
     if bad:
         at = _key_lines(where)
-        valid = set(_all_keys(OmegaConf.structured(Config)))
+        valid = set(_all_keys(schema()))
 
         def why(k: str) -> str:
             if k in valid:  # "model.name: x" in YAML is one key with dots in it, not model -> name
@@ -401,7 +532,7 @@ def _read_yaml_layers(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
 
 def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> DictConfig:
     """Schema defaults <- YAML layers (bases first) <- ``key=value`` overrides."""
-    cfg = OmegaConf.structured(Config)
+    cfg = schema()
     if path is not None:
         for layer_path, data in _read_yaml_layers(resolve_config_path(path)):
             _check_keys(data, layer_path)
@@ -414,7 +545,7 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
             if "=" not in ov:
                 raise TinltError(f"override '{ov}' is not of the form key=value")
         unknown = [ov.split("=", 1)[0].strip() for ov in overrides
-                   if _unknown_keys(_nested(ov.split("=", 1)[0].strip()), OmegaConf.structured(Config))]
+                   if _unknown_keys(_nested(ov.split("=", 1)[0].strip()), schema())]
         if len(unknown) > 1:  # all at once; a single one gets OmegaConf's message below
             raise TinltError("command line: unknown config keys " + "; ".join(f"'{k}'{_hint(k)}".replace(
                 "; did you mean", ", did you mean") for k in unknown))
@@ -427,8 +558,8 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...] | None = None) -> None:
-    """TinltError unless ``value`` is an allowed value of ``key`` (see ``CHOICES``)."""
-    allowed = CHOICES[key] if allowed is None else allowed
+    """TinltError unless ``value`` is an allowed value of ``key`` (see :func:`choices`)."""
+    allowed = choices(key) if allowed is None else allowed
     if value not in allowed:
         raise TinltError(
             f"config key '{key}' = {value!r}; expected one of: {', '.join(allowed)}{did_you_mean(str(value), allowed)}"
@@ -437,7 +568,7 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...] | None = None) -
 
 def validate(cfg: DictConfig) -> None:
     """Every check that needs no data: run when the config is built, before anything loads."""
-    for key in CHOICES:
+    for key in _STATIC_CHOICES:
         check_choice(key, OmegaConf.select(cfg, key))
     for key in SPLIT_KEYS:
         kind = str(OmegaConf.select(cfg, f"{key}.kind") or "")
@@ -452,6 +583,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.few_threshold > cfg.data.many_threshold + 1:
         raise TinltError("config keys 'data.few_threshold' must be <= 'data.many_threshold' + 1")
     _validate_classifier_options(cfg)
+    for check in _validators:
+        check(cfg)
 
 
 def _validate_classifier_options(cfg: DictConfig) -> None:
@@ -477,9 +610,6 @@ def _validate_classifier_options(cfg: DictConfig) -> None:
     if cfg.model.tune_text.method and head != "text":
         raise TinltError(f"config key 'model.tune_text.method' = {cfg.model.tune_text.method!r}, but model.head="
                          f"{head} has no text tower to tune")
-    bad = [t for t in list(cfg.model.tune_image.targets) + list(cfg.model.tune_text.targets) if t not in LORA_TARGETS]
-    if bad:
-        raise TinltError(f"config key 'model.tune_*.targets': {bad[0]!r}; expected some of: {', '.join(LORA_TARGETS)}")
     uses_contrastive = cfg.loss.name == "contrastive" or cfg.loss.contrastive_weight != 0
     if uses_contrastive and head != "text":
         raise TinltError("the contrastive loss (loss.name=contrastive or loss.contrastive_weight) needs model.head=text")
@@ -503,6 +633,6 @@ def to_dict(cfg: DictConfig) -> dict:
 def from_dict(d: dict) -> DictConfig:
     """Rebuild a config saved in a checkpoint (schema-checked, so old keys fail loudly)."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), d)
+        return OmegaConf.merge(schema(), d)
     except OmegaConfBaseException as e:
         raise _explain(e, "checkpoint config") from None

@@ -35,14 +35,14 @@ class CheckpointClassifier:
         # a calibrated two-class checkpoint decides by its threshold (tinlt calibrate), not argmax
         self.rule = rule_of(self.ckpt)
         with torch.no_grad():
-            self.text = self.model.class_text_features() if self.model.uses_text_head else None
+            self.score = self.model.scorer()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.transform(image).numpy()
 
     @torch.no_grad()
     def probs(self, batch: np.ndarray) -> np.ndarray:
-        logits = over_views(lambda x: self.model(x, text_features=self.text), torch.from_numpy(batch))
+        logits = over_views(self.score, torch.from_numpy(batch))
         return logits.float().softmax(-1).cpu().numpy()
 
 

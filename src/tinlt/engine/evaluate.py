@@ -49,8 +49,8 @@ def _scorer(model: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callabl
     core = getattr(model, "module", model)
     was_training = core.training
     core.eval()  # eval mode: dropout, BatchNorm statistics and the evaluation-time adjustments
-    text_features = core.class_text_features() if core.uses_text_head else None
-    return (lambda images: core(images, text_features=text_features)), (lambda: core.train(was_training))
+    score = core.scorer() if hasattr(core, "scorer") else core  # a TIN shares its class rows over the batches
+    return score, (lambda: core.train(was_training))
 
 
 @torch.no_grad()

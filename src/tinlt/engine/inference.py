@@ -56,12 +56,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
     (``train.tau_norm``, ``train.posthoc_tau``; models/adjust.py), after ``overrides``.
     """
     from ..models.factory import create_model
+    from ..models.heads import head_class
 
     ckpt = ckpt_io.load_checkpoint(path)
     cfg = apply_overrides(from_dict(ckpt["config"]), overrides)
     # the state dict below overwrites every weight, unless it holds only the tuned ones
     build = {} if ckpt.get("trainable_only") else {"pretrained": "", "pretrained_image": False, "pretrained_text": False}
-    if cfg.model.head != "text":
+    if head_class(cfg.model.head).has_weights:  # its weights come from the checkpoint
         build["classifier_init"] = "random"
     model = create_model(OmegaConf.merge(cfg.model, build), ckpt["classnames"], image_size=cfg.data.image_size)
     ckpt_io.load_model_state(model, ckpt, where=str(path))

@@ -24,7 +24,7 @@ def own_head(model: nn.Module, key: str = "model.reinit_head") -> nn.Module:
     """The linear or cosine head (weights of its own; the text head has none)."""
     core = getattr(model, "module", model)
     head = getattr(core, "head", None)
-    if getattr(core, "head_type", "linear") == "text" or head is None:
+    if head is None or not getattr(head, "has_weights", True):
         raise TinltError(f"config key '{key}' needs model.head=linear or cosine (the text head has no weights of its own)")
     return head
 
@@ -40,7 +40,7 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_head: bool = False,
     ckpt_path = resolve_checkpoint(path, key="model.init_from", log=log)
     ckpt = ckpt_io.load_checkpoint(ckpt_path)
     own = model.state_dict()
-    keep_head = not skip_head and getattr(model, "head_type", "text") != "text"
+    keep_head = not skip_head and getattr(getattr(model, "head", None), "has_weights", False)
     if keep_head and classnames is not None and list(ckpt.get("classnames", classnames)) != list(classnames):
         raise TinltError(
             f"config key 'model.init_from': {ckpt_path} was trained on other classes; "

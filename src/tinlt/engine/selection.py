@@ -30,11 +30,11 @@ def split_logits(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     tau_norm, offset = model.eval_adjustments()
     model.set_eval_adjustments(tau_norm=tau_norm, logit_offset=None)
-    text = model.class_text_features() if model.uses_text_head else None
+    score = model.scorer()
     out, targets = [], []
     try:
         for images, y, _ in loader:
-            out.append(over_views(lambda x: model(x, text_features=text), images.to(device)).float().cpu())
+            out.append(over_views(score, images.to(device)).float().cpu())
             targets.append(y.numpy())
     finally:
         model.set_eval_adjustments(tau_norm=tau_norm, logit_offset=offset)

@@ -6,7 +6,7 @@ open_clip is imported only when an open_clip name is used (it takes seconds), so
 
 from .attention import GatedAttention, LargeKernelAttention
 from .base import ImageTower, SplitFeatures, TextTower
-from .registry import get_builder, register_towers, registered_names
+from .registry import get_builder, register_family, register_towers, registered_names
 from .tin import TIN
 
 _LAZY = {
@@ -14,15 +14,16 @@ _LAZY = {
     "create_model_and_transforms": "factory",
     "list_models": "factory",
     "model_config": "factory",
-    "OpenCLIPImageTower": "clip_towers",
-    "OpenCLIPTextTower": "clip_towers",
-    "create_openclip_towers": "clip_towers",
-    "load_openclip_model": "clip_towers",
+    "OpenCLIPImageTower": "towers.clip_image",
+    "openclip_image_tower": "towers.clip_image",
+    "OpenCLIPTextTower": "towers.clip_text",
+    "create_openclip_towers": "towers.openclip",
+    "load_openclip_model": "towers.clip_weights",
 }
 
 __all__ = [
     "GatedAttention", "LargeKernelAttention", "ImageTower", "SplitFeatures", "TextTower", "TIN",
-    "get_builder", "register_towers", "registered_names", *_LAZY,
+    "get_builder", "register_family", "register_towers", "registered_names", *_LAZY,
 ]
 
 

@@ -1,7 +1,9 @@
 """The contract every image and text tower meets, so TIN can combine any pair.
 
 An image tower splits its forward in two around the last spatial feature map, which is
-where TIN's visual attention acts; a text tower turns prompts into embeddings.
+where TIN's visual attention acts; a text tower turns prompts into embeddings. A tower
+that supports lightweight tuning also says where its parts are (``tuning_parts``): the
+tuning methods then work on it without knowing its class.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ class ImageTower(nn.Module):
         stay trainable when the tower is frozen."""
         return set()
 
+    def tuning_parts(self) -> "TuningParts":  # optional: lightweight tuning (models/tuning/)
+        """Blocks, their family and what follows them, for lightweight tuning methods."""
+        return no_tuning_parts(self)
+
     # optional: a frozen prefix of blocks, cached once (engine/feature_cache.py)
     def prefix_blocks(self) -> list[nn.Module]:
         """The blocks ``forward_prefix`` can stop after, in order ([] = no prefix support)."""
@@ -139,3 +145,48 @@ class TextTower(nn.Module):
     def new_parameter_names(self) -> set[str]:
         """As ImageTower.new_parameter_names."""
         return set()
+
+    def tuning_parts(self) -> "TuningParts":  # optional: lightweight tuning (models/tuning/)
+        """As ImageTower.tuning_parts."""
+        return no_tuning_parts(self)
+
+
+# ----------------------------------------------------------------------------- what tuning needs
+
+
+class PromptSlots(NamedTuple):
+    """Where prompt tokens go in a tower that takes them (a ViT image tower): ``install(module)``
+    puts a prompts module in place (see models/tuning/vpt.py); ``blocks``, ``width`` and
+    ``patch_area`` size it."""
+
+    install: Any
+    blocks: int
+    width: int
+    patch_area: int
+    device: Any
+
+
+class TuningParts(NamedTuple):
+    """A tower's parts as lightweight tuning methods address them (``tower.tuning_parts()``).
+
+    family: how to find targets inside one block (models/blocks.py: attention projections,
+      norms, where a parallel branch reads and adds);
+    blocks: the blocks in forward order; tail: modules after the last block (norms, pooling);
+    tail_params: bare parameters there, as (module, name) (projections);
+    width: the residual width of a transformer block (0 for conv towers);
+    prompts: where prompt tokens go, or None when the tower takes none.
+    """
+
+    family: Any
+    blocks: list
+    tail: list = []
+    tail_params: list = []
+    width: int = 0
+    prompts: Optional[PromptSlots] = None
+
+
+def no_tuning_parts(tower: nn.Module) -> TuningParts:
+    from ..errors import TinltError
+
+    raise TinltError(f"lightweight tuning methods do not know the tower {type(tower).__name__}: it declares no "
+                     "tuning_parts(); use model.tune_*.method full or frozen")

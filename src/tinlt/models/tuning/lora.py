@@ -17,11 +17,25 @@ module. peft's Linear LoRA is the reference our tests compare against.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from ...config import register_validator
+from ...errors import TinltError
+from .registry import TuneContext, register_method
+
+TARGETS = ("q", "k", "v", "o", "mlp", "conv1x1")
+
+
+@dataclass
+class LoraKeys:
+    rank: int = 8  # lora
+    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
+    targets: List[str] = field(default_factory=lambda: ["q", "v"])  # lora: q k v o (attention), mlp, conv1x1
 
 
 class LoRAUpdate(nn.Module):
@@ -72,3 +86,39 @@ def merge(model: nn.Module) -> int:
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                 merged += 1
     return merged
+
+
+def _check_targets(cfg) -> None:
+    for key in ("tune_image", "tune_text"):
+        bad = [t for t in list(cfg.model[key].get("targets") or []) if t not in TARGETS]
+        if bad:
+            raise TinltError(f"config key 'model.{key}.targets': {bad[0]!r}; expected some of: {', '.join(TARGETS)}")
+
+
+register_validator(_check_targets)
+
+
+@register_method("lora", keys=LoraKeys)
+def lora(ctx: TuneContext):
+    rank, alpha = int(ctx.get("rank", 8)), float(ctx.get("alpha", 16.0))
+    if rank < 1:
+        raise TinltError(f"config key '{ctx.where}.rank' must be >= 1, got {rank}")
+    targets = list(ctx.get("targets", ["q", "v"]))
+    family = ctx.parts.family
+    updates = []
+    if family.kind == "conv":
+        if targets != ["conv1x1"]:
+            raise TinltError(f"config key '{ctx.where}.targets': a convolutional tower takes [conv1x1], got {targets}")
+        for b in ctx.blocks:
+            updates += [add_lora(c, "weight", [None], rank, alpha) for c in family.pointwise_convs(b)]
+    else:
+        if "conv1x1" in targets:
+            raise TinltError(f"config key '{ctx.where}.targets': conv1x1 is for convolutional towers")
+        for b in ctx.blocks:
+            by_tensor: dict = {}
+            for module, name, rows in family.attention_targets(b, targets):
+                by_tensor.setdefault((id(module), name), (module, name, []))[2].append(rows)
+            updates += [add_lora(m, n, rows, rank, alpha) for m, n, rows in by_tensor.values()]
+    if not updates:
+        raise TinltError(f"config key '{ctx.where}.targets' = {targets}: nothing to adapt in this tower")
+    return [p for u in updates for p in u.parameters()]

@@ -23,9 +23,10 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import TinltError
-from .base import ImageTower, SplitFeatures, TextTower
-from .registry import register_towers
+from ...errors import TinltError
+from ..base import ImageTower, SplitFeatures, TextTower, TuningParts
+from ..blocks import BERT, CONV
+from ..registry import register_towers
 
 __all__ = [
     "EfficientNetLiteTower",
@@ -219,6 +220,9 @@ class EfficientNetLiteTower(ImageTower):
     def new_parameter_names(self) -> set[str]:
         return {name for name, _ in self.proj.named_parameters(prefix="proj")}
 
+    def tuning_parts(self) -> TuningParts:
+        return TuningParts(CONV, self.prefix_blocks(), [self.trunk.conv_head, self.trunk.bn2])
+
 
 # ------------------------------------------------------------------------------ text tower
 
@@ -338,6 +342,10 @@ class MiniLMTextTower(TextTower):
     def new_parameter_names(self) -> set[str]:
         return {name for name, _ in self.proj.named_parameters(prefix="proj")}
 
+    def tuning_parts(self) -> TuningParts:
+        blocks = list(self.bert.encoder.layer)
+        return TuningParts(BERT, blocks, [], [], int(blocks[0].attention.self.query.in_features))
+
 
 # -------------------------------------------------------------------------------- registry
 
@@ -350,8 +358,10 @@ def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
     return getattr(cfg, key, default)  # OmegaConf node or dataclass
 
 
-def build_offline_towers(model_cfg: Any = None, *, variant: str = "lite0") -> tuple[EfficientNetLiteTower, MiniLMTextTower]:
-    """Registry builder: (image tower, text tower) from ``model.embed_dim / pretrained_* / grad_checkpointing``."""
+def build_offline_towers(model_cfg: Any = None, image_size: Optional[int] = None, *,
+                         variant: str = "lite0") -> tuple[EfficientNetLiteTower, MiniLMTextTower]:
+    """Registry builder: (image tower, text tower) from ``model.embed_dim / pretrained_* / grad_checkpointing``
+    (any ``image_size`` works: the convolutions and the mean pool take any input size)."""
     embed_dim = _cfg_get(model_cfg, "embed_dim", 256)
     if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
         raise TinltError(f"config key 'model.embed_dim' = {embed_dim!r}; expected a positive integer")
