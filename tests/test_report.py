@@ -181,7 +181,7 @@ def test_shaded_regions_follow_the_config_thresholds(multi_run):
 def test_sample_grid_uses_the_rebuilt_test_split(multi_run):
     rf = report.load_run(multi_run)
     notes: list = []
-    samples = report._rebuild_test_split(rf, notes)
+    samples = report.samples.rebuild_test_split(rf, notes)
     assert notes == [] and samples is not None
     pred = rf.metrics["predictions"]
     # the image behind each prediction is the test image of that class (colour-coded by class)
@@ -282,13 +282,13 @@ def test_threshold_operating_point(binary_run, tmp_path):
     assert line.get_ydata()[0] == pytest.approx(tp / (tp + fp) if tp + fp else 1.0)
     roc_line = next(l for l in roc_ax.get_lines() if l.get_label() == "threshold 0.4")
     assert roc_line.get_xdata()[0] == pytest.approx(fp / (~y).sum())
-    assert report.operating_rows(rf)[0][0] == "threshold 0.4 (calibrated)"
+    assert report.page.operating_rows(rf)[0][0] == "threshold 0.4 (calibrated)"
     # the checkpoint was re-calibrated since (other bytes): that evaluation is stale, nothing is marked
     ckpt.write_bytes(b"weights with another threshold")
     rf = report.load_run(run)
     assert report.operating_point(rf) is None
     assert not any(l.get_label().startswith("threshold") for l in report.fig_pr_roc(rf, []).axes[0].get_lines())
-    assert [r[0] for r in report.operating_rows(rf)] == ["argmax"]
+    assert [r[0] for r in report.page.operating_rows(rf)] == ["argmax"]
     # a side file is never read: an old calibration.json marks nothing
     (run / "calibration.json").write_text(json.dumps({"threshold": 0.4, "target_recall": 0.95}))
     fig = report.fig_pr_roc(report.load_run(run), [])
@@ -364,7 +364,7 @@ def test_a_failing_report_only_warns(multi_run, monkeypatch, capsys, tmp_path):
     def broken(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "build_report", broken)
+    monkeypatch.setattr(report.hooks, "build_report", broken)
     out = tmp_path / "r"
     argv = ["train", "--config", str(multi_run / "config.yaml"), f"train.output_dir={out}", "train.max_steps=1",
             "optim.epochs=1"]
@@ -425,7 +425,7 @@ def test_many_classes_list_top_confusions(tmp_path):
     from tinlt.metrics import compute_metrics, confusion_matrix
 
     C, per_test = 40, 5
-    assert C > report.MANY_CLASSES  # the small-heatmap + list branch
+    assert C > report.figures.MANY_CLASSES  # the small-heatmap + list branch
     counts = np.round(500 * (1 / 100) ** (np.arange(C) / (C - 1))).astype(int)  # 500 .. 5
     groups = shot_groups(counts, many_threshold=100, few_threshold=20)
     rng = np.random.default_rng(0)

@@ -55,17 +55,14 @@ def _per_class(runs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]
 
 def figures(key: str, rows: list[dict], out: Path) -> list[str]:
     """The two figures of one data set (see the module doc); their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
+    from .plots import figure, save_figure, style
     from .sweep import grouped
 
     written = []
     best_tin, best_base = pick(rows, tin=True), pick(rows, tin=False)
     if best_tin and best_base:
-        fig = Figure(figsize=(6.4, 4.0), dpi=120)
+        with style():
+            fig = figure(6.4, 4.0)
         ax = fig.subplots()
         for (group, rs), colour in ((best_base, "#d62728"), (best_tin, "#1f77b4")):
             done = [r for r in rs if r["status"] in ("done", "reused")]
@@ -82,12 +79,12 @@ def figures(key: str, rows: list[dict], out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{TITLES[key]}: best TIN vs strongest baseline (both chosen on val)", fontsize=9)
-        fig.tight_layout()
         name = f"{key}_per_class_best.png"
-        fig.savefig(out / name)
+        save_figure(fig, out / name)
         written.append(name)
 
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    with style():
+        fig = figure(6.4, 4.4)
     ax = fig.subplots()
     for group, rs in grouped(rows):
         many = [r["many"] for r in rs if r["many"] is not None]
@@ -105,9 +102,8 @@ def figures(key: str, rows: list[dict], out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.set_title(f"{TITLES[key]}: many vs few per row\n(TIN in blue; mean ± std over seeds; names as in the grid)",
                  fontsize=9)
-    fig.tight_layout()
     name = f"{key}_many_vs_few.png"
-    fig.savefig(out / name)
+    save_figure(fig, out / name)
     return written + [name]
 
 

@@ -23,10 +23,14 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from . import fileio
 from .errors import TinltError
-from .report import (CSS, RunView, pct, save_figure, table_html, table_md, fig_compare, load_run,
-                     operating_point)
+from .plots import RUN_COLOURS, figure, save_figure, short, style
+from .report import RunView, load_run, operating_point, pct, table_html, table_md
+from .report.figures import MANY_CLASSES, binned_mean, count_axis
+from .report.page import CSS
 from .sweep import mean_std
 
 __all__ = ["compare_runs", "config_diff", "seed_groups", "COMPARE_COLUMNS"]
@@ -229,3 +233,37 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: Optional[str | os.P
                                              f"</span></li>" for n, rf in zip(names, runs)) + "</ul></body></html>")
     fileio.write_text(dest / "index.html", "\n".join(page))
     return dest
+
+
+def fig_compare(runs: Sequence[RunView], names: Sequence[str]):
+    from matplotlib.lines import Line2D
+
+    all_counts = np.concatenate([np.maximum(r.train_counts, 1) for r in runs])
+    with style():
+        fig = figure(9.0, 5.2)
+        ax = fig.add_subplot()
+        count_axis(ax, all_counts)
+        handles = []
+        for i, (rf, name) in enumerate(zip(runs, names)):
+            colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+            x, acc = np.maximum(rf.train_counts, 1).astype(float), rf.accuracy
+            ok = ~np.isnan(acc)
+            if not ok.any():
+                continue
+            many = len(x) > MANY_CLASSES
+            ax.scatter(x[ok], acc[ok], s=12 if many else 40, color=colour, alpha=0.35 if many else 0.85,
+                       edgecolor="none" if many else "white", zorder=3)
+            if many:
+                bx, by = binned_mean(x[ok], acc[ok])
+            else:  # classes with the same count share one point: their mean
+                bx = np.unique(x[ok])
+                by = np.array([acc[ok][x[ok] == v].mean() for v in bx])
+            ax.plot(bx, by, color=colour, linewidth=2, zorder=4)
+            handles.append(Line2D([], [], color=colour, marker="o", linewidth=2,
+                                  label=f"{short(name, 40)} (overall {pct(rf.metrics.get('overall'))})"))
+        ax.set_ylim(-3, 105)
+        ax.set_xlabel("training images of the class (log scale)")
+        ax.set_ylabel("test accuracy of the class (%)")
+        ax.set_title("Per-class accuracy vs training count")
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig

@@ -78,6 +78,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return None
 
 
+def load_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; a one-line TinltError naming the file (and line) when it cannot be read."""
+    from .errors import TinltError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise TinltError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except OSError as e:
+        raise TinltError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
     h = hashlib.sha256()

@@ -82,30 +82,21 @@ def _thin(n: int, max_points: int) -> np.ndarray:
 
 
 def plot_pr(curve, choice: dict, argmax_point: tuple[float, float], target: float, positive_name: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import draw_pr, figure, save_figure, style
 
     precision, recall, _ = curve
-    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=120)
-    ax.step(recall, precision, where="post", color="tab:blue", lw=1.5, label="precision-recall")
-    ax.axvline(target, color="grey", ls="--", lw=1, label=f"target recall {target:g}")
-    ax.plot([choice["recall"]], [choice["precision"]], "o", color="tab:red", ms=7,
-            label=f"threshold {choice['threshold']:.4g}: R {choice['recall']:.3f}, P {choice['precision']:.3f}")
-    ax.plot([argmax_point[0]], [argmax_point[1]], "s", color="tab:green", ms=6,
-            label=f"argmax: R {argmax_point[0]:.3f}, P {argmax_point[1]:.3f}")
-    ax.set_xlabel(f"recall ({positive_name})")
-    ax.set_ylabel(f"precision ({positive_name})")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=7)
-    ax.set_title("decision threshold calibration", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    points = [(f"threshold {choice['threshold']:.4g}: R {choice['recall']:.3f}, P {choice['precision']:.3f}",
+               choice["precision"], choice["recall"], dict(marker="*", color="#d62728", markersize=14)),
+              (f"argmax: R {argmax_point[0]:.3f}, P {argmax_point[1]:.3f}", argmax_point[1], argmax_point[0],
+               dict(marker="o", color="black"))]
+    with style():
+        fig = figure(5.4, 4.6)
+        ax = fig.add_subplot()
+        draw_pr(ax, np.asarray(precision), np.asarray(recall), positive_name, points=points)
+        ax.axvline(target, color="#888", linestyle="--", linewidth=1, label=f"target recall {target:g}")
+        ax.legend(loc="lower left", fontsize=7)
+        ax.set_title("Decision threshold calibration")
+    return save_figure(fig, out)
 
 
 def _argmax_point(probs_pos: np.ndarray, is_pos: np.ndarray, probs_neg: np.ndarray) -> tuple[float, float]:

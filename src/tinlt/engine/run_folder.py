@@ -195,21 +195,29 @@ class RunFolder:
         info = fileio.read_json(self.path / RUN_INFO)
         return info if isinstance(info, dict) else None
 
-    def read_log(self) -> list[dict]:
-        """log.jsonl's records; unreadable lines are skipped."""
-        out = []
+    def read_log(self, notes: Optional[list] = None) -> list[dict]:
+        """log.jsonl's epoch records in epoch order. A line that is not JSON (cut short by a
+        crash) is skipped, and said in ``notes`` when given; an epoch logged twice (a run
+        resumed by an older tinlt) keeps its later record."""
+        records: dict = {}
+        bad = 0
         try:
             lines = self.log_path.read_text().splitlines()
         except OSError:
-            return out
+            return []
         for line in lines:
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
             except ValueError:
+                bad += 1
                 continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
+            if isinstance(rec, dict) and isinstance(rec.get("epoch"), (int, float)):
+                records[rec["epoch"]] = rec
+        if bad and notes is not None:
+            notes.append(f"{self.log_path.name}: skipped {bad} unreadable line(s)")
+        return [records[k] for k in sorted(records)]
 
     def saved_config(self) -> Optional[dict]:
         try:
