@@ -15,13 +15,18 @@ import pytest
 import tinlt.benchmark as bench
 from conftest import split_args
 
-GRID = """name: tiny benchmark {key}
-base: base.yaml
-seeds: [0, 1]
+PROTOCOL = """seeds: [0, 1]
 overrides: [data.val.kind=holdout, data.val.fraction=0.4, train.best_checkpoint=last]
+"""
+GRID = """_base_: protocol.yaml
+name: tiny benchmark
+datasets:
+  one: {base: base.yaml, title: first set}
+  two: {base: base.yaml, title: second set, overrides: [data.image_size=32]}
 cells:
-  - {{name: probe, label: "linear probe", overrides: [model.head=linear, model.visual_attention=false, loss.name=ce]}}
-  - {{name: tin_small, label: "TIN small", overrides: [loss.name=seesaw]}}
+  - {name: probe, kind: baseline, label: "linear probe",
+     overrides: [model.head=linear, model.visual_attention=false, loss.name=ce]}
+  - {name: small, kind: tin, label: "TIN small", overrides: [loss.name=seesaw]}
 """
 
 
@@ -36,19 +41,15 @@ def grids(dataset, tmp_path_factory):
         "  image_size: 32\n  num_workers: 0\n  augment: none\n"
         "optim: {name: adamw, lr: 1.0e-3, batch_size: 4, epochs: 2}\n"
         "train: {eval_batch_size: 8, quiet: true, report: false}\n")
-    paths = {}
-    for key in ("one", "two"):
-        (root / f"{key}.yaml").write_text(GRID.format(key=key))
-        paths[key] = str(root / f"{key}.yaml")
-    return root, paths
+    (root / "protocol.yaml").write_text(PROTOCOL)
+    (root / "grid.yaml").write_text(GRID)
+    return root, str(root / "grid.yaml")
 
 
 @pytest.fixture(scope="module")
 def benchmark(grids, tmp_path_factory):
-    root, paths = grids
+    root, grid = grids
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench, "GRIDS", paths)
-    mp.setattr(bench, "TITLES", {"one": "first set", "two": "second set"})
     scatters: list[tuple[str, np.ndarray, np.ndarray]] = []
     from matplotlib.axes import Axes
 
@@ -60,7 +61,7 @@ def benchmark(grids, tmp_path_factory):
 
     mp.setattr(Axes, "scatter", record)
     out = tmp_path_factory.mktemp("out")
-    path = bench.run_benchmark(out, quiet=True, log=lambda m: None)
+    path = bench.run_benchmark(out, quiet=True, log=lambda m: None, grid=grid)
     mp.undo()
     return out, path, scatters
 
@@ -74,12 +75,12 @@ def test_every_cell_runs_per_seed_and_the_page_names_the_choices(benchmark):
     page = path.read_text()
     for key, title in (("one", "first set"), ("two", "second set")):
         assert f"## {title}" in page
-        for cell in ("probe", "tin_small"):
+        for cell in ("probe", "small"):
             for m in _runs(out, key, cell):
                 assert m["overall"] is not None
     # the choices are made on the validation scores the runs logged, never on test
-    assert page.count("- best TIN row (by val): TIN small") == 2
-    assert page.count("- strongest baseline (by val): linear probe") == 2
+    assert page.count("- best tin row (by val): TIN small") == 2
+    assert page.count("- best baseline row (by val): linear probe") == 2
     for name in ("one_per_class_best.png", "one_many_vs_few.png", "two_per_class_best.png", "two_many_vs_few.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in page
 
@@ -99,7 +100,7 @@ def test_each_row_is_the_mean_and_std_of_its_seeds(benchmark):
 def test_the_per_class_figure_averages_each_class_over_the_seeds(benchmark):
     out, _, scatters = benchmark
     assert len(scatters) == 4  # two rows on each data set's figure
-    for label, cell, key in (("linear probe", "probe", "one"), ("TIN small", "tin_small", "one")):
+    for label, cell, key in (("linear probe", "probe", "one"), ("TIN small", "small", "one")):
         runs = _runs(out, key, cell)
         per = [{c["name"]: c for c in m["per_class"]} for m in runs]
         names = [c["name"] for c in runs[0]["per_class"]]
@@ -110,17 +111,28 @@ def test_the_per_class_figure_averages_each_class_over_the_seeds(benchmark):
         np.testing.assert_allclose(got[1], want_x)
         np.testing.assert_allclose(got[2], want_y)
     # the seeds differ, so a figure of one seed alone would not match
-    differ = [[c["accuracy"] for c in m["per_class"]] for cell in ("probe", "tin_small") for m in _runs(out, "one", cell)]
+    differ = [[c["accuracy"] for c in m["per_class"]] for cell in ("probe", "small") for m in _runs(out, "one", cell)]
     assert differ[0] != differ[1] or differ[2] != differ[3]
 
 
 def test_a_second_call_reuses_every_run(benchmark, grids, monkeypatch):
     out, _, _ = benchmark
-    _, paths = grids
-    monkeypatch.setattr(bench, "GRIDS", paths)
-    monkeypatch.setattr(bench, "TITLES", {"one": "first set", "two": "second set"})
+    _, grid = grids
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")}
     lines: list[str] = []
-    bench.run_benchmark(out, quiet=True, log=lines.append)
+    bench.run_benchmark(out, quiet=True, log=lines.append, grid=grid)
     assert sum("reused" in ln for ln in lines) == 8
     assert {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")} == stamps
+
+
+def test_the_grids_page_from_the_sweep_folder(benchmark, capsys):
+    """`tinlt report SWEEP_DIR` draws the grid's page from its results.csv files alone."""
+    from tinlt.cli import main
+
+    out, _, _ = benchmark
+    assert main(["report", str(out)]) == 0
+    page = (out / "report" / "report.md").read_text()
+    assert "## one" in page and "## two" in page and "TIN small" in page
+    overall = [m["overall"] for m in _runs(out, "one", "probe")]
+    assert f"{statistics.mean(overall):.1f} ± {statistics.stdev(overall):.1f}" in page
+    assert (out / "report" / "one_many_vs_few.png").is_file() and "index.html" in capsys.readouterr().out

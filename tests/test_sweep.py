@@ -22,7 +22,7 @@ import tinlt.engine.trainer as trainer
 from conftest import write_class_folders, write_list
 from tinlt.cli import main
 from tinlt.errors import TinltError
-from tinlt.sweep import cell_state, load_sweep
+from tinlt.sweep import cell_state, load_sweep, load_sweeps
 
 CLASSES = ["red thing", "green thing", "blue thing"]
 TRAIN_COUNTS = [9, 5, 2]
@@ -186,12 +186,12 @@ def test_sweep_runs_tables_and_reruns_nothing(project, tmp_path, monkeypatch, ca
     assert (out / "linear_ce" / "metrics.json").stat().st_mtime_ns == untouched
 
 
-def test_demo_run_is_reused_resumed_or_retrained_fresh(project, tmp_path, monkeypatch):
-    from tinlt.config import load_config
-    from tinlt.demo import run_or_reuse
+def test_a_cell_is_reused_resumed_or_retrained_fresh(project, tmp_path, monkeypatch):
+    """The one reuse rule (the demo runs its cells through it too)."""
+    from tinlt.sweep import run_sweep
 
-    run = tmp_path / "run"
-    cfg = load_config(project / "base.yaml", ["optim.epochs=1", f"train.output_dir={run}"])
+    g = _grid(tmp_path, project, "overrides: [optim.epochs=1]\ncells:\n  - {name: one}\n")
+    run = load_sweep(g, out=tmp_path / "o").cells[0].out
     calls = []
     real_train = trainer.train
 
@@ -200,25 +200,26 @@ def test_demo_run_is_reused_resumed_or_retrained_fresh(project, tmp_path, monkey
         return real_train(cfg, **kw)
 
     monkeypatch.setattr(trainer, "train", spy)
-    first, _, reused = run_or_reuse(cfg)
-    assert not reused and calls == [(None, False, False)]
 
-    again, secs, reused = run_or_reuse(cfg)
-    assert reused and len(calls) == 1
-    assert again["confusion"] == first["confusion"] and secs == first["train_time_s"]
+    def once(*overrides, fresh=False):
+        return run_sweep(load_sweep(g, out=tmp_path / "o", overrides=overrides), quiet=True, fresh=fresh,
+                         log=lambda m: None)[0]
+
+    assert once()["status"] == "done" and calls == [(None, False, False)]
+    first = json.loads((run / "metrics.json").read_text())
+    assert once()["status"] == "reused" and len(calls) == 1
+    assert json.loads((run / "metrics.json").read_text())["confusion"] == first["confusion"]
 
     (run / "metrics.json").unlink()  # interrupted after the last checkpoint: resume, not retrain
-    _, _, reused = run_or_reuse(cfg)
-    assert not reused and calls[-1] == ("auto", True, False)
+    once()
+    assert calls[-1] == ("auto", True, False)
 
     # fresh: old results are removed before training starts, and nothing is resumed
-    _, _, reused = run_or_reuse(cfg, fresh=True)
-    assert not reused and calls[-1] == (None, False, False)
-    assert (run / "metrics.json").is_file()
+    once(fresh=True)
+    assert calls[-1] == (None, False, False) and (run / "metrics.json").is_file()
 
-    changed = load_config(project / "base.yaml", ["optim.epochs=1", "optim.lr=0.002", f"train.output_dir={run}"])
-    _, _, reused = run_or_reuse(changed)
-    assert not reused and calls[-1] == (None, False, False)
+    once("optim.lr=0.002")  # a changed config trains afresh
+    assert calls[-1] == (None, False, False) and len(calls) == 4
 
 
 def _grid(tmp_path: Path, project: Path, body: str) -> Path:
@@ -289,3 +290,38 @@ def test_a_failed_cell_does_not_stop_the_others(project, tmp_path, monkeypatch, 
     assert ran == ["bad", "good"]  # the second cell still ran
     assert rows[1]["status"] == "done"
     assert "1 cell(s) failed: bad" in capsys.readouterr().out
+
+
+def test_a_bundled_grid_runs_on_your_own_data_with_one_flag(project, tmp_path, capsys):
+    """--base replaces the grid's base (its data, towers and budget); the protocol and the cells stay."""
+    mine = tmp_path / "my_run.yaml"
+    mine.write_text(f"_base_: {project / 'base.yaml'}\nname: my_clamps\n")
+    (sweep,) = load_sweeps("grids/modules", out=tmp_path / "o", base_override=str(mine))
+    assert sweep.out == (tmp_path / "o").resolve() and len(sweep.cells) == 12  # 4 cells x 3 seeds
+    for c in sweep.cells:
+        assert c.cfg.name == "my_clamps" and c.cfg.data.train.kind == "list"  # the user's data, not Fashion-MNIST
+        assert c.cfg.data.val.kind == "holdout" and c.cfg.train.best_checkpoint == "last"  # the grid's protocol
+    assert {c.cfg.model.head for c in sweep.cells} == {"linear", "text"}
+    # a multi-data-set grid collapses to the one base
+    (bench,) = load_sweeps("grids/benchmark", out=tmp_path / "b", base_override=str(mine))
+    assert bench.dataset == "my_run" and bench.out == (tmp_path / "b" / "my_run").resolve()
+    assert main(["sweep", "-c", "grids/modules", "--base", str(mine), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert "fashion" not in capsys.readouterr().out.lower()
+
+
+def test_a_table_of_one_seed_says_so(project, tmp_path):
+    from tinlt.sweep import format_markdown, results_rows
+
+    g = _grid(tmp_path, project, "seeds: [0, 1, 2]\ncells:\n  - {name: a}\n  - {name: b}\n")
+    sweep = load_sweep(g, out=tmp_path / "o")
+    rows = results_rows(sweep)
+    for r in rows:
+        if r["seed"] == 0:
+            r.update(overall=50.0 + (r["group"] == "b"), status="done")
+    text = format_markdown(sweep, rows)
+    assert "one seed (0) so far" in text and "mean ± std" not in text and "seeds [1, 2] not run yet" in text
+    for r in rows:
+        if r["seed"] == 1:
+            r.update(overall=52.0, status="done")
+    text = format_markdown(sweep, rows)
+    assert "each cell over seeds [0, 1]: mean ± std" in text and "seeds [2] not run yet" in text

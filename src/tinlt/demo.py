@@ -1,44 +1,48 @@
 """``tinlt demo``: the offline first run. TIN's best recipe vs the strongest baseline.
 
 The demo trains two rows of the benchmark (:mod:`tinlt.benchmark`, docs/benchmark.md) at
-seed 0, read from the benchmark's own grids so the two never drift apart: TIN's best recipe
-and the baseline with the best mean validation score over the benchmark's three seeds. Same
-pretrained towers that ship inside pip packages (EfficientNet-Lite0 and all-MiniLM-L6-v2),
-same data, same held-out split. A finished run is reused when its config is unchanged, so
-re-running the demo only prints the table; ``--fresh`` retrains (after upgrading tinlt).
+seed 0, read from the benchmark's own grid and run through its sweep, so the two never drift
+apart and share one reuse rule: TIN's best recipe and the baseline with the best mean
+validation score over the benchmark's three seeds. Same pretrained towers that ship inside
+pip packages (EfficientNet-Lite0 and all-MiniLM-L6-v2), same data, same held-out split. A
+finished run is reused when its config is unchanged, so re-running the demo only prints the
+table; ``--fresh`` retrains (after upgrading tinlt).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import fileio
 from .engine.progress import echo
-from .engine.run_folder import RunFolder, made_by
+from .engine.run_folder import RunFolder
 from .errors import TinltError
 
 DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-# variant -> (benchmark grid, TIN row, baseline row): the cells the benchmark picked by val
+# variant (a data set of grids/benchmark) -> (TIN row, baseline row): the cells the benchmark picked by val
 VARIANTS = {
-    "fmnist_lt": ("fmnist_lt", "tin_best", "probe_posthoc"),
-    "fmnist_clamp": ("fmnist_clamp", "tin_best", "ft_bs"),
+    "fmnist_lt": ("tin_best", "probe_posthoc"),
+    "fmnist_clamp": ("tin_best", "ft_bs"),
 }
 DEMO_SEED = 0
 
 
-def demo_cells(variant: str, baseline: bool = True, overrides: Sequence[str] = (), out: str = "runs/demo"):
-    """The benchmark cells (seed 0) the demo trains for ``variant``, output under ``out/variant/``."""
-    from .benchmark import GRIDS
+def demo_sweep(variant: str, overrides: Sequence[str] = (), out: str = "runs/demo"):
+    """The benchmark grid's sweep of ``variant``, its cells under ``out/variant/``."""
+    from .benchmark import GRID
     from .sweep import load_sweep
 
-    grid, *names = VARIANTS[variant]
-    sweep = load_sweep(GRIDS[grid], out=Path(out) / variant, overrides=list(overrides))
-    by_name = {c.name: c for c in sweep.cells}
+    return load_sweep(GRID, out=Path(out), overrides=list(overrides), dataset=variant)
+
+
+def demo_cells(variant: str, baseline: bool = True, overrides: Sequence[str] = (), out: str = "runs/demo"):
+    """The benchmark cells (seed 0) the demo trains for ``variant``."""
+    names = VARIANTS[variant]
+    by_name = {c.name: c for c in demo_sweep(variant, overrides, out).cells}
     return [by_name[f"{n}__seed{DEMO_SEED}"] for n in (names if baseline else names[:1])]
 
 
@@ -51,24 +55,6 @@ def find_fashion_mnist(folder: Optional[str] = None) -> Path:
         f"Fashion-MNIST not found in {cand}. Install it with: sudo apt-get install dataset-fashion-mnist "
         f"(or pass --data /folder/with/the/four/IDX/files)"
     )
-
-
-def run_or_reuse(cfg, *, quiet: bool = False, fresh: bool = False) -> tuple[dict, float, bool]:
-    """Train unless ``output_dir`` already holds finished metrics for this exact config
-    (run_folder's reuse rule, as ``tinlt sweep``); ``fresh`` trains from scratch."""
-    from .engine.trainer import train
-    from .report import training_hooks
-
-    run = RunFolder(cfg.train.output_dir)
-    state = run.state(cfg, fresh=fresh)
-    m = run.read_metrics() if state == "done" else None
-    if m is not None:
-        return m, float(m.get("train_time_s", 0.0)), True
-    if state != "resume" and run.path.exists():
-        run.clear()
-    t0 = time.time()
-    m = train(cfg, resume="auto" if state == "resume" else None, hooks=training_hooks(cfg))
-    return m, time.time() - t0, False
 
 
 def comparison_table(rows: Sequence[tuple[str, dict, float]]) -> str:
@@ -100,16 +86,20 @@ def run_demo(
     variants = list(VARIANTS) if variant == "both" else [variant]
     rows: list[tuple[str, dict, float]] = []
     for v in variants:
-        for cell in demo_cells(v, baseline, overrides, out):
-            cfg, label, run_dir = cell.cfg, cell.label, cell.out
-            cfg.train.quiet = quiet
-            echo(f"\n== {v}: {label} -> {run_dir}", quiet=quiet)
-            m, secs, reused = run_or_reuse(cfg, quiet=quiet, fresh=fresh)
-            if reused:
-                echo(f"   (reused finished run in {run_dir}, {made_by(m)})", quiet=quiet)
-            rows.append((f"{v}: {label}", m, secs))
-            if reused and not (RunFolder(run_dir).report_dir / "index.html").is_file():
-                _write_report(run_dir)
+        from .sweep import run_sweep
+
+        sweep = demo_sweep(v, overrides, out)
+        cells = demo_cells(v, baseline, overrides, out)
+        echo(f"\n== {v}: {', '.join(c.label for c in cells)} -> {sweep.out}", quiet=quiet)
+        results = {r["cell"]: r for r in run_sweep(sweep, only=[c.name for c in cells], quiet=quiet, fresh=fresh,
+                                                   log=lambda m: echo(m, quiet=quiet), tables=False)}
+        for cell in cells:
+            m = RunFolder(cell.out).read_metrics()
+            if m is None:
+                raise TinltError(f"{cell.out}: the run did not finish ({results[cell.name]['status']})")
+            rows.append((f"{v}: {cell.label}", m, float(m.get("train_time_s", 0.0))))
+            if not (RunFolder(cell.out).report_dir / "index.html").is_file():
+                _write_report(cell.out)
     table = comparison_table(rows)
     summary = fileio.write_text(Path(out) / "summary.md",
                                 "# tinlt demo\n\nMean per-class accuracy (%), balanced test set.\n\n```\n" + table + "\n```\n")

@@ -13,6 +13,7 @@ built; this module never names them. Imports nothing of tinlt but ``errors``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import os
@@ -356,5 +357,9 @@ def schema_class() -> type:
 
 
 def schema() -> DictConfig:
-    """A fresh copy of the full schema at its defaults."""
-    return OmegaConf.structured(schema_class())
+    """A fresh copy of the full schema at its defaults (a deep copy of one built per schema
+    class: building it takes ~17 ms, copying ~3 ms, and a grid loads hundreds of configs)."""
+    cls = schema_class()
+    if _state.get("built_for") is not cls:
+        _state["built"], _state["built_for"] = OmegaConf.structured(cls), cls
+    return copy.deepcopy(_state["built"])

@@ -9,7 +9,7 @@ def register(subparsers) -> dict:
     p = subparsers.add_parser(
         "benchmark",
         help="the benchmark protocol: every row, 3 seeds, both data sets; writes OUT/benchmark.md",
-        description="Runs grids/benchmark_fmnist_lt and grids/benchmark_fmnist_clamp (finished runs are reused, "
+        description="Runs grids/benchmark on both of its data sets (finished runs are reused, "
         "interrupted ones resume) and writes OUT/benchmark.md with the tables and figures.",
     )
     p.add_argument("--out", default="runs/benchmark")

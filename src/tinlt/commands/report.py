@@ -12,10 +12,12 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> dict:
     p = subparsers.add_parser(
         "report",
-        help="figures + stand-alone HTML and Markdown report of a run (or eval) folder",
-        description="Write RUN_DIR/report/ (or --out): PNG figures, index.html and report.md.",
+        help="figures + stand-alone HTML and Markdown report of a run, eval or sweep folder",
+        description="Write RUN_DIR/report/ (or --out): PNG figures, index.html and report.md. A sweep folder "
+        "(results.csv, or one sub-folder per data set) gets the grid's page: its tables and figures.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder holding metrics.json (a training or eval run)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder holding metrics.json (a training or eval run), or "
+                   "a sweep folder")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
 
     p = subparsers.add_parser(
@@ -29,9 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
 
 
 def _cmd_report(a) -> int:
-    from ..report import build_report
+    from pathlib import Path
 
-    dest = build_report(a.run_dir, out=a.out)
+    from ..engine.run_folder import RunFolder
+    from ..report import build_report
+    from ..report.sweep_page import RESULTS, build_sweep_report
+
+    folder = Path(a.run_dir)
+    is_sweep = not RunFolder(folder).metrics_path.is_file() and (
+        (folder / RESULTS).is_file() or any(folder.glob(f"*/{RESULTS}")))
+    dest = build_sweep_report(folder, out=a.out) if is_sweep else build_report(folder, out=a.out)
     print(f"report: {dest / 'index.html'}")
     return 0
 

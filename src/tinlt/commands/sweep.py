@@ -17,6 +17,8 @@ def register(subparsers) -> dict:
     )
     p.add_argument("--config", "-c", required=True, help="grid YAML file, or a bundled grid (e.g. grids/modules)")
     p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/<grid name>)")
+    p.add_argument("--base", default=None, metavar="CONFIG",
+                   help="run the grid on this config instead of its own base(s), e.g. your own data's my_run.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate every cell and show what would run")
     p.add_argument("--only", default=None, help="comma-separated cell names to run (the table lists all cells)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds to run, e.g. 0 (the table lists all)")
@@ -40,16 +42,20 @@ def parse_seeds(text):
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
-    from ..sweep import format_markdown, load_sweep, run_sweep
+    from ..sweep import format_markdown, load_sweeps, run_sweep
 
-    sweep = load_sweep(a.config, out=a.out, overrides=a.overrides)
+    sweeps = load_sweeps(a.config, out=a.out, overrides=a.overrides, base_override=a.base)
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
-    print(f"sweep {sweep.name}: {len(sweep.cells)} cells -> {sweep.out}")
-    rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet, fresh=a.fresh, seeds=parse_seeds(a.seeds))
+    failed = []
+    for sweep in sweeps:
+        print(f"sweep {sweep.name}: {len(sweep.cells)} cells -> {sweep.out}")
+        rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet, fresh=a.fresh,
+                         seeds=parse_seeds(a.seeds))
+        if not a.dry_run:
+            print(format_markdown(sweep, rows))
+            failed += [r["cell"] for r in rows if r["status"].startswith(("failed", "interrupted"))]
     if a.dry_run:
         return 0
-    print(format_markdown(sweep, rows))
-    failed = [r["cell"] for r in rows if r["status"].startswith(("failed", "interrupted"))]
     if failed:
         print(f"tinlt: {len(failed)} cell(s) failed: {', '.join(failed)}")
         return 1
