@@ -30,7 +30,8 @@ from tinlt.data.transforms import build_transforms
 from tinlt.engine.checkpoint import save_atomic
 from tinlt.deploy.export import ExportWrapper, balanced_indices, check_parity, export_checkpoint, int8_path, read_metadata
 from tinlt.models.factory import create_model
-from tinlt.deploy.types import Preprocess, rows_from_probs
+from tinlt.deploy.preprocess import Preprocess
+from tinlt.deploy.rows import rows_from_probs
 from tinlt.metrics import threshold_rule
 
 CLASSES = ["red thing", "green thing", "blue thing"]
@@ -383,3 +384,17 @@ def test_predict_cli_errors(setup, tmp_path, capsys):
     assert main(["predict", str(root / "test"), "--checkpoint", str(ckpt), "--topk", "1", "--out", str(b)]) == 0
     col = lambda f: [line.split(",")[1] for line in f.read_text().splitlines()]  # noqa: E731
     assert col(a) == col(b)
+
+
+def test_the_model_decides_the_backend_whichever_flag_names_it(setup, tmp_path):
+    """predict, serve and mine share one rule: an .onnx file is the torch-free backend, anything
+    else a checkpoint; --model and --checkpoint only name the file."""
+    root, ckpt, _, _, out, _ = setup
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["predict", str(root / "test"), "--checkpoint", str(out), "--out", str(a)]) == 0  # an ONNX file
+    assert main(["predict", str(root / "test"), "--model", str(ckpt), "--out", str(b)]) == 0  # a checkpoint
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert [r["path"] for r in ra] == [r["path"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert [t["class"] for t in x["topk"]] == [t["class"] for t in y["topk"]]
+        assert x["probs"] == pytest.approx(y["probs"], abs=2e-4)

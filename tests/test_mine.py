@@ -174,19 +174,22 @@ class ColourModel:
     classnames = ["common thing", "middle thing", "rare thing"]
 
     def __init__(self, path: Path, rule=None) -> None:
-        from types import SimpleNamespace
-
         self.path, self.rule = path, rule
         self.ckpt = {"train_counts": [50, 10, 3]}  # "rare thing" has the fewest training images
-        self.cfg = SimpleNamespace(data=SimpleNamespace(image_size=32, tta="none"))
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.float64).mean(axis=(0, 1)) / 255.0
 
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return 4.0 * batch
+
     def probs(self, batch: np.ndarray) -> np.ndarray:
-        z = 4.0 * batch
+        z = self.logits(batch)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
+    def card(self) -> dict:
+        return {"kind": "stand-in", "train_counts": self.ckpt["train_counts"]}
 
 
 def _expected_probs(path: Path) -> list[float]:

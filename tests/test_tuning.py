@@ -301,7 +301,7 @@ def test_tta_views_match_torchvision_and_the_numpy_preprocessing(tta):
     from torchvision.transforms import v2 as T
 
     from tinlt.data.transforms import build_transforms
-    from tinlt.deploy.types import Preprocess
+    from tinlt.deploy.preprocess import Preprocess
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

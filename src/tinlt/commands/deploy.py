@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_trust_arg
+from .common import add_trust_arg
 
 
 def _target(value: str) -> float:
@@ -79,7 +79,6 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_calibrate(a) -> int:
-    from pathlib import Path
 
     from ..deploy.calibrate import calibrate_checkpoint
     from ..report import refresh_report

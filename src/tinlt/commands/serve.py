@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .common import add_quiet, add_trust_arg
+
 API_KEY_ENV = "TINLT_API_KEY"
 
 
@@ -34,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding and resizing images")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load checkpoints with full unpickling (files from tinlt < 0.2); only for files you trust")
+    add_trust_arg(p)
 
     p = subparsers.add_parser(
         "mine",
@@ -57,9 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     p.add_argument("--no-dedupe", action="store_true", help="keep near-duplicate photos apart")
     p.add_argument("--hash-distance", type=int, default=4, help="near-duplicate: pHashes within this many bits")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load checkpoints with full unpickling (files from tinlt < 0.2); only for files you trust")
+    add_quiet(p)
+    add_trust_arg(p)
     return {"serve": _cmd_serve, "mine": _cmd_mine}
 
 

@@ -8,42 +8,21 @@ fields) without importing torch.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import TinltError
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_card(backend: Any) -> dict:
-    """JSON-ready description of a backend (ONNX metadata, or the checkpoint's own fields)."""
+    """JSON-ready description of a backend: what it says about itself (``backend.card()``),
+    its classes and threshold, and the tinlt release serving it."""
     from .. import __version__
 
     rule = backend.rule
     card: dict[str, Any] = {"classnames": list(backend.classnames), "threshold": None}
     if rule is not None:
         card["threshold"] = {"value": rule.value, "positive_class": rule.positive_name}
-    if hasattr(backend, "session"):  # OnnxClassifier
-        card.update(kind="onnx", file=str(Path(backend.path).resolve()), file_sha256=_sha256(backend.path),
-                    train_counts=backend.meta("train_counts", None), preprocess=backend.transform.to_dict(),
-                    tinlt_version=backend.meta("tinlt_version", None),
-                    source_checkpoint=backend.meta("source_checkpoint", None), serving_tinlt_version=__version__)
-    else:  # CheckpointClassifier
-        ck = backend.ckpt
-        card.update(kind="checkpoint", file=str(Path(backend.path).resolve()), file_sha256=_sha256(Path(backend.path)),
-                    train_counts=[int(c) for c in ck.get("train_counts", [])],
-                    preprocess={"image_size": int(backend.cfg.data.image_size), "tta": str(backend.cfg.data.tta)},
-                    tinlt_version=(ck.get("versions") or {}).get("tinlt"),
-                    source_checkpoint={"path": str(backend.path), "epoch": ck.get("epoch")},
-                    serving_tinlt_version=__version__)
+    card.update(backend.card(), serving_tinlt_version=__version__)
     return card
 
 

@@ -31,7 +31,8 @@ from ..engine.loaders import eval_transform
 from ..errors import TinltError
 from ..fileio import atomic_target, sha256
 from .int8 import INPUT_NAME, QUANT_METHODS, int8_path, quantize_int8
-from .types import Preprocess
+from .onnx_session import open_session, run as run_session
+from .preprocess import Preprocess
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-channel QuantizeLinear needs 13; open_clip's ops need >= 11 anyway
@@ -45,12 +46,9 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.text_features: Optional[torch.Tensor]
-        if model.uses_text_head:
-            with torch.no_grad():
-                self.register_buffer("text_features", model.class_text_features().detach().clone())
-        else:
-            self.text_features = None
+        with torch.no_grad():
+            rows = model.class_rows()  # the scorer's rows, baked in as a constant
+        self.register_buffer("text_features", None if rows is None else rows.detach().clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images, text_features=self.text_features)
@@ -151,20 +149,6 @@ def export_graph(wrapper: nn.Module, out: str | Path, image_size: int, opset: in
     return out
 
 
-def _session(path: str | Path, weights_only: bool = False):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if weights_only:  # fold the weight DequantizeLinear nodes once at load: float32 speed
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _run(session, images: np.ndarray) -> np.ndarray:
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})[0]
-
-
 FP64_FACTOR = 10.0  # an export may err up to this many times PyTorch's own float32 error
 
 
@@ -181,7 +165,7 @@ def check_parity(wrapper: nn.Module, onnx_path: str | Path, probe: torch.Tensor,
 
     with torch.no_grad():
         ref = wrapper(probe).float().numpy()
-    got = _run(_session(onnx_path), probe.numpy())
+    got = run_session(open_session(onnx_path), probe.numpy())
     diff = float(np.abs(got - ref).max())
     out: dict[str, Any] = {"max_abs_logit_diff": diff, "tolerance": tolerance, "fp64": None, "passed": diff <= tolerance}
     if out["passed"] or not np.isfinite(diff):
@@ -223,10 +207,10 @@ class OnnxScorer:
     """An ONNX graph as a scoring backend of ``engine.inference.evaluate``: ``logits(images)``."""
 
     def __init__(self, path: str | Path, weights_only: bool = False) -> None:
-        self.session = _session(path, weights_only=weights_only)
+        self.session = open_session(path, weights_only=weights_only)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(_run(self.session, images.cpu().numpy()))
+        return torch.from_numpy(run_session(self.session, images.cpu().numpy()))
 
 
 # ----------------------------------------------------------------------------- the command

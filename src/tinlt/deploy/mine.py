@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import fileio
 from ..errors import TinltError
-from .types import collect_images
+from .backend import collect_images, score_files
 
 RULES = ("prob", "margin", "entropy")
 
@@ -117,8 +117,6 @@ def mine(pool: str | Path, backend: Any, out: str | Path, *, cls: Optional[str] 
          top: int = 100, dedupe: bool = True, hash_distance: int = 4, batch_size: int = 64,
          quiet: bool = False) -> dict:
     """Score, rank, collapse and write (see the module doc); returns the mine.json summary."""
-    from ..data.images import open_image
-    from ..engine.progress import progress
     from .card import model_card, rare_class
 
     if by not in RULES:
@@ -133,27 +131,13 @@ def mine(pool: str | Path, backend: Any, out: str | Path, *, cls: Optional[str] 
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     names = list(backend.classnames)
-    ok_paths: list[Path] = []
-    probs: list[np.ndarray] = []
-    hashes: list[int] = []
-    bad: list[tuple[str, str]] = []
-    for start in progress(range(0, len(paths), batch_size), desc="mine", unit="batch", quiet=quiet):
-        arrays = []
-        for p in paths[start:start + batch_size]:
-            try:
-                img = open_image(p)
-                arrays.append(backend.preprocess(img))
-                hashes.append(phash_bits(img) if dedupe else 0)
-                ok_paths.append(p)
-            except Exception as e:  # noqa: BLE001 - listed in unreadable.csv, never fatal
-                bad.append((str(p), f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"))
-        if arrays:
-            probs.append(backend.probs(np.stack(arrays)))
+    scored = score_files(backend, paths, batch_size=batch_size, quiet=quiet, desc="mine",
+                         per_image=phash_bits if dedupe else None)
+    ok_paths, hashes, bad, P = scored.paths, [h or 0 for h in scored.extra], scored.bad, scored.probs
     if not ok_paths:
         _write_bad(dest, bad)
         raise TinltError(f"{pool}: none of the {len(paths)} images could be read (reasons in "
                          f"{dest / 'unreadable.csv'})")
-    P = np.concatenate(probs)
     score = scores_by(P, by, c if c is not None else 0)
     order = sorted(range(len(ok_paths)), key=lambda i: (-score[i], str(ok_paths[i])))
     dup_of = collapse(order, hashes, hash_distance) if dedupe else {}

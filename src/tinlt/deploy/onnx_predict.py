@@ -2,9 +2,9 @@
 
 Owns :class:`OnnxClassifier`: an exported tinlt model opened with onnxruntime, its
 metadata (class names, preprocessing, decision threshold; written by
-``tinlt.deploy.export``) and its scores. It is a backend of the shared batch loop
-(``deploy.types.predict_rows``), which is everything ``tinlt predict --model model.onnx``
-runs. Imports only numpy, PIL, onnxruntime and tqdm (an import contract checks it).
+``tinlt.deploy.export``) and its scores: a backend of deploy/backend.py (``predict``,
+``serve``, ``mine`` and ``eval`` take it). Imports only numpy, PIL, onnxruntime and tqdm (an
+import contract checks it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from PIL import Image
 
 from ..errors import TinltError
 from ..metrics import threshold_rule
-from .types import Preprocess, predict_rows, softmax, view_logits
+from .backend import softmax, view_logits
+from .onnx_session import open_session, run
+from .preprocess import Preprocess
+from .rows import predict_rows
 
 # metadata keys written by tinlt.deploy.export; each value is a JSON string
 META_KEYS = ("classnames", "train_counts", "templates", "preprocess", "threshold", "threshold_info", "tinlt_version", "source_checkpoint", "model")
@@ -46,23 +49,17 @@ class OnnxClassifier:
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401 - say what is missing before anything else
         except ImportError:
             raise TinltError("--model needs onnxruntime: pip install onnxruntime") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise TinltError(f"model not found: {self.path}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3  # quantised graphs log harmless notices
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = open_session(self.path, threads=threads)
             self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-            if _quant_method(self.metadata) == "weights":
-                # int8 weights, float math: fold the weight DequantizeLinear nodes once at load
-                opts.add_session_config_entry("session.disable_quant_qdq", "1")
-                self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            if _quant_method(self.metadata) == "weights":  # int8 weights, float math
+                self.session = open_session(self.path, threads=threads, weights_only=True)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TinltError(f"{self.path}: not a readable ONNX model ({first})") from None
@@ -83,11 +80,20 @@ class OnnxClassifier:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) normalised float32 -> (N, C) logits."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return run(self.session, batch)
 
     def probs(self, batch: np.ndarray) -> np.ndarray:
         return softmax(view_logits(self.logits, batch))
 
+    def card(self) -> dict:
+        """What the model says about itself (see deploy/card.py)."""
+        from ..fileio import sha256
+
+        return {"kind": "onnx", "file": str(self.path.resolve()), "file_sha256": sha256(self.path),
+                "train_counts": self.meta("train_counts", None), "preprocess": self.transform.to_dict(),
+                "tinlt_version": self.meta("tinlt_version", None),
+                "source_checkpoint": self.meta("source_checkpoint", None)}
+
     def predict(self, inputs: Sequence[str | Path], topk: int = 5, batch_size: int = 64, quiet: bool = False) -> list[dict]:
-        """Rows of :func:`tinlt.deploy.types.predict_rows` for images and folders."""
+        """Rows of :func:`tinlt.deploy.rows.predict_rows` for images and folders."""
         return predict_rows(self, inputs, topk=topk, batch_size=batch_size, quiet=quiet)

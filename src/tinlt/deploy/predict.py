@@ -1,10 +1,9 @@
 """Top-k prediction for image files or folders with a trained checkpoint (needs torch).
 
-Owns :class:`CheckpointClassifier`, the torch backend of the shared batch loop
-(``deploy.types.predict_rows``; the ONNX backend is ``onnx_predict.OnnxClassifier``): the
-model loaded as every scoring path loads it (``engine.inference.load_model``), its
-torchvision eval transform, and class text features computed once per call, so each
-batch costs one image-tower pass.
+Owns :class:`CheckpointClassifier`, the torch backend of deploy/backend.py (the ONNX one
+is ``onnx_predict.OnnxClassifier``): the model loaded as every scoring path loads it
+(``engine.inference.load_model``), its torchvision eval transform, and its scorer, which
+computes the class text features once, so each batch costs one image-tower pass.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from ..engine.inference import load_model, rule_of
 from ..engine.loaders import make_transforms
 from ..engine.progress import echo
 from ..engine.run_folder import resolve_checkpoint
-from .types import predict_rows
+from .backend import softmax
+from .rows import predict_rows
 
 
 class CheckpointClassifier:
@@ -41,9 +41,22 @@ class CheckpointClassifier:
         return self.transform(image).numpy()
 
     @torch.no_grad()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return over_views(self.score, torch.from_numpy(batch)).float().cpu().numpy()
+
     def probs(self, batch: np.ndarray) -> np.ndarray:
-        logits = over_views(self.score, torch.from_numpy(batch))
-        return logits.float().softmax(-1).cpu().numpy()
+        return softmax(self.logits(batch))
+
+    def card(self) -> dict:
+        """What the checkpoint says about itself (see deploy/card.py)."""
+        from ..fileio import sha256
+
+        ck = self.ckpt
+        return {"kind": "checkpoint", "file": str(Path(self.path).resolve()), "file_sha256": sha256(self.path),
+                "train_counts": [int(c) for c in ck.get("train_counts", [])],
+                "preprocess": {"image_size": int(self.cfg.data.image_size), "tta": str(self.cfg.data.tta)},
+                "tinlt_version": (ck.get("versions") or {}).get("tinlt"),
+                "source_checkpoint": {"path": str(self.path), "epoch": ck.get("epoch")}}
 
 
 def predict_paths(checkpoint: str | Path, inputs: Sequence[str | Path], topk: int = 5, batch_size: int = 64,

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..errors import TinltError
 from .batcher import MicroBatcher
-from .types import rows_from_probs
+from .rows import rows_from_probs
 
 LOOPBACK_NAMES = ("localhost",)
 

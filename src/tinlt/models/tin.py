@@ -329,10 +329,15 @@ class TIN(nn.Module):
         offset = self._buffers.get("logit_offset")
         return logits.float() + offset if (not self.training and offset is not None) else logits
 
+    def class_rows(self) -> Optional[torch.Tensor]:
+        """The rows the head compares images with when they come from outside it: the class
+        prompts' text features for the text head (computed now), else None (its own weights)."""
+        return self.class_text_features() if self.head.needs_text else None
+
     def scorer(self):
-        """``images -> logits`` with the class rows (the text head's prompt features) computed
-        once: what evaluation, prediction, selection and export score many batches with."""
-        rows = self.class_text_features() if self.head.needs_text else None
+        """``images -> logits`` with the class rows computed once: what evaluation, prediction,
+        selection and export score many batches with."""
+        rows = self.class_rows()
         return lambda images: self(images, text_features=rows)
 
     @torch.no_grad()
