@@ -31,7 +31,7 @@ from .plots import RUN_COLOURS, figure, save_figure, short, style
 from .report import RunView, load_run, operating_point, pct, table_html, table_md
 from .report.figures import MANY_CLASSES, binned_mean, count_axis
 from .report.page import CSS
-from .sweep import mean_std
+from .tables import mean_std
 
 __all__ = ["compare_runs", "config_diff", "seed_groups", "COMPARE_COLUMNS"]
 

@@ -23,6 +23,7 @@ from .. import fileio
 from ..engine.run_folder import METRICS
 from ..errors import TinltError
 from ..plots import figure, save_figure, style
+from ..tables import mean_std
 
 RESULTS = "results.csv"
 NUMBERS = ("overall", "many", "medium", "few", "instance_acc", "rare_precision", "rare_recall", "rare_auc",
@@ -122,15 +123,6 @@ def sweep_figures(rows: Sequence[dict], out: Path, title: str, prefix: str, two_
     return written + [name]
 
 
-def _mean_std(values, digits: int = 1) -> str:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
-
 def table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the data set's table: one row per cell over its seeds."""
     two = any(r.get("rare_recall") is not None for r in rows)
@@ -142,7 +134,7 @@ def table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     for group, rs in grouped(rows):
         done = [r for r in rs if r["status"] in DONE]
         body.append([rs[0].get("label") or group, rs[0].get("kind") or "-",
-                     *(_mean_std([r[k] for r in done], 2 if k.startswith("rare_") else 1) for k in keys),
+                     *(mean_std([r[k] for r in done], 2 if k.startswith("rare_") else 1) for k in keys),
                      f"{len(done)} of {len(rs)}"])
     return head, body
 

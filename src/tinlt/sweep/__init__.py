@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .grid import Cell, Sweep, load_sweep, load_sweeps, safe_name
 from .run import cell_state, run_sweep, subsampling_note
-from .table import format_markdown, grouped, mean_std, results_rows, val_score, write_results
+from ..tables import mean_std
+from .table import format_markdown, grouped, results_rows, val_score, write_results
 
 __all__ = ["Cell", "Sweep", "load_sweep", "load_sweeps", "safe_name", "run_sweep", "cell_state", "subsampling_note",
            "results_rows", "write_results", "format_markdown", "grouped", "mean_std", "val_score"]

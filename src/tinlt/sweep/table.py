@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 import statistics
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from .. import fileio
 from ..engine.run_folder import RunFolder
+from ..tables import mean_std
 from .grid import Sweep
 
 METRIC_KEYS = ("overall", "many", "medium", "few", "instance_acc")
@@ -64,16 +65,6 @@ def _wall(v) -> str:
         return "-"
     m, s = divmod(int(round(v)), 60)
     return f"{m}m{s:02d}s"
-
-
-def mean_std(values: Sequence[Optional[float]], digits: int = 1) -> str:
-    """``mean +- std`` over the seeds that have a value (sample std; one seed: the value alone)."""
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
 def grouped(rows: list[dict]) -> list[tuple[str, list[dict]]]:
