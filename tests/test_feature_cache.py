@@ -268,7 +268,7 @@ def test_trainer_cached_run_equals_uncached_and_reuses_cache(runs):
     assert sum(calls["plain"]) == 2 * 12 + 3 * 6
     assert sum(calls["first"]) == 12 + 6  # each split once, to build its entry
     assert calls["second"] == []  # a valid cache: the tower never runs
-    assert len(list(cache.iterdir())) == 2  # one entry per split
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 2  # one entry per split (and its build lock file)
     plain = out["plain"]
     for name in ("first", "second"):
         assert out[name]["predictions"]["pred"] == plain["predictions"]["pred"]
@@ -295,3 +295,32 @@ def test_trainer_with_augmentation_caches_evaluation_only(folder, tmp_path, monk
                "optim.epochs=1"))
     assert "evaluation splits only" in capsys.readouterr().out
     assert sum(calls) == 12 + 6  # 12 training images (one epoch) + 6 to cache the test split
+
+
+def test_two_processes_building_one_entry_build_it_once(tmp_path):
+    """Two trainings of a sweep's pool that need the same features: one builds, the other waits
+    on the entry's lock and then reads what the first built (no second build, no removal of a
+    valid entry under a reader)."""
+    import subprocess
+    import sys
+
+    _write_folder(tmp_path / "img")
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_feature_cache import _model, _store
+from tinlt.data.sources import load_folder
+store = _store(_model(), {str(tmp_path / 'cache')!r})
+slow = store._compute
+store._compute = lambda x: (time.sleep(3.0), slow(x))[1]  # a build long enough for the other to overlap
+ds = store.dataset(load_folder({str(tmp_path / 'img')!r}))
+print(len(store.built), ds.entry.name)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1000:] for o in outs]
+    last = [o[0].strip().splitlines()[-1].split() for o in outs]
+    built = sorted(int(line[0]) for line in last)
+    assert built == [0, 1] and len({line[1] for line in last}) == 1
+    assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 1

@@ -20,7 +20,7 @@ GRID = "grids/benchmark"
 
 def run_benchmark(out: str | Path = "runs/benchmark", only: Optional[Sequence[str]] = None, quiet: bool = False,
                   fresh: bool = False, dry_run: bool = False, seeds: Optional[Sequence[int]] = None,
-                  log=print, grid: str = GRID) -> Path:
+                  log=print, grid: str = GRID, launch=None) -> Path:
     """Run (or reuse) every data set's sweep and write ``OUT/benchmark.md``; returns its path."""
     from .report.sweep_page import pick, sweep_figures
     from .sweep import format_markdown, load_sweeps, run_sweep
@@ -38,7 +38,7 @@ def run_benchmark(out: str | Path = "runs/benchmark", only: Optional[Sequence[st
         if only and sweep.dataset not in only:
             continue
         log(f"benchmark {sweep.dataset}: {len(sweep.cells)} runs -> {sweep.out}")
-        rows = run_sweep(sweep, dry_run=dry_run, quiet=quiet, fresh=fresh, seeds=seeds, log=log)
+        rows = run_sweep(sweep, dry_run=dry_run, quiet=quiet, fresh=fresh, seeds=seeds, log=log, launch=launch)
         if dry_run:
             continue
         table = format_markdown(sweep, rows, compact=True).split("\n", 1)[1]

@@ -225,6 +225,7 @@ class Config:
 # ----------------------------------------------------------------------------- extensions
 
 EXTENSION_GROUP = "tinlt.extensions"
+BUILTIN = "tinlt.models.builtin"  # tinlt's own extension, also when no install metadata lists it
 PLUGINS_ENV = "TINLT_PLUGINS"
 KEY_SECTIONS = ("model.tune", "loss")  # sections whose keys extensions may add (model.tune: both towers)
 _choices: dict[str, list[str]] = {}
@@ -284,7 +285,10 @@ def load_extensions() -> None:
     try:
         from importlib.metadata import entry_points
 
-        for ep in sorted(entry_points(group=EXTENSION_GROUP), key=lambda e: (e.name != "builtin", e.name)):
+        found = sorted(entry_points(group=EXTENSION_GROUP), key=lambda e: (e.name != "builtin", e.name))
+        if not any(ep.name == "builtin" for ep in found):  # run from a source tree without install metadata
+            _import_extension(BUILTIN, "tinlt's own extension")
+        for ep in found:
             _import_extension(ep.value.split(":")[0], f"entry point '{ep.name}'")
         for name in [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]:
             _import_extension(name, f"${PLUGINS_ENV}")

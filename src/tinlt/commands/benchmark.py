@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_launch_args, launch_options
+
 
 def register(subparsers) -> dict:
     p = subparsers.add_parser(
@@ -19,6 +21,7 @@ def register(subparsers) -> dict:
     p.add_argument("--dry-run", action="store_true", help="show what would run")
     p.add_argument("--fresh", action="store_true", help="retrain runs even when finished ones exist")
     p.add_argument("--quiet", "-q", action="store_true")
+    add_launch_args(p)
     return {"benchmark": _cmd_benchmark}
 
 
@@ -28,7 +31,7 @@ def _cmd_benchmark(a: argparse.Namespace) -> int:
 
     only = [k.strip() for k in a.only.split(",") if k.strip()] if a.only else None
     path = run_benchmark(a.out, only=only, quiet=a.quiet, fresh=a.fresh, dry_run=a.dry_run,
-                         seeds=parse_seeds(a.seeds))
+                         seeds=parse_seeds(a.seeds), launch=launch_options(a))
     if not a.dry_run:
         print(f"benchmark: {path}")
     return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_launch_args, launch_options
+
 
 def register(subparsers) -> dict:
     p = subparsers.add_parser(
@@ -17,6 +19,7 @@ def register(subparsers) -> dict:
     )
     p.add_argument("--config", "-c", required=True, help="grid YAML file, or a bundled grid (e.g. grids/modules)")
     p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/<grid name>)")
+    p.add_argument("--dataset", default=None, metavar="KEY", help="a grid with data sets: run this one only")
     p.add_argument("--base", default=None, metavar="CONFIG",
                    help="run the grid on this config instead of its own base(s), e.g. your own data's my_run.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate every cell and show what would run")
@@ -26,6 +29,7 @@ def register(subparsers) -> dict:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--fresh", action="store_true",
                    help="retrain cells even when a finished run with the same config exists (after an upgrade)")
+    add_launch_args(p)
     return {"sweep": _cmd_sweep}
 
 
@@ -45,12 +49,19 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     from ..sweep import format_markdown, load_sweeps, run_sweep
 
     sweeps = load_sweeps(a.config, out=a.out, overrides=a.overrides, base_override=a.base)
+    if a.dataset is not None:
+        from ..errors import TinltError, did_you_mean
+
+        keys = [s.dataset for s in sweeps]
+        if a.dataset not in keys:
+            raise TinltError(f"--dataset {a.dataset!r}: the grid's data sets are {keys}{did_you_mean(a.dataset, keys)}")
+        sweeps = [s for s in sweeps if s.dataset == a.dataset]
     only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only else None
     failed = []
     for sweep in sweeps:
         print(f"sweep {sweep.name}: {len(sweep.cells)} cells -> {sweep.out}")
         rows = run_sweep(sweep, dry_run=a.dry_run, only=only, quiet=a.quiet, fresh=a.fresh,
-                         seeds=parse_seeds(a.seeds))
+                         seeds=parse_seeds(a.seeds), launch=launch_options(a, sweep.launch))
         if not a.dry_run:
             print(format_markdown(sweep, rows))
             failed += [r["cell"] for r in rows if r["status"].startswith(("failed", "interrupted"))]

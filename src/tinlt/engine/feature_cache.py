@@ -378,10 +378,10 @@ class FeatureStore:
         key = self.key(samples)
         entry = self.entry_for(key)
         if self.is_main and not self._valid(entry, key):
-            self._build(samples, entry, key, desc)
+            self._build_once(samples, entry, key, desc)
         self.barrier()
         if not self._valid(entry, key):
-            self._build(samples, entry, key, desc)
+            self._build_once(samples, entry, key, desc)
         touch(entry)  # recency for `tinlt cache prune`
         ds = FeatureDataset(entry, self.kind, samples.labels, prefix_blocks=self.prefix_blocks)
         self._open[id(samples)] = ds
@@ -397,6 +397,17 @@ class FeatureStore:
                 return {"prefix": self.model.image_tower.forward_prefix(images, self.prefix_blocks)}
             fmap, aside = self.model.image_tower.forward_split(images)
             return {"fmap": fmap} if aside is None else {"fmap": fmap, "aside": aside}
+
+    def _build_once(self, samples, entry: Path, key: dict, desc: str) -> None:
+        """Build the entry unless another process (a sweep's other worker) is building it or
+        just did: they queue on a lock file beside it, and the second finds it valid."""
+        import fcntl
+
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with open(entry.with_name(f"{entry.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+            if not self._valid(entry, key):
+                self._build(samples, entry, key, desc)
 
     def _build(self, samples, entry: Path, key: dict, desc: str) -> None:
         from ..data.dataset import ImageDataset

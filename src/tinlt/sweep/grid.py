@@ -13,6 +13,7 @@ A grid file::
       fmnist_clamp: {base: demo_fmnist_clamp, title: "clamp-like", overrides: [...]}
     overrides: [optim.epochs=2]     # applied to every cell
     seeds: [0, 1, 2]                # every cell once per seed: folders <cell>__seed<k>
+    launch: {slurm: {partition: gpu, time: 120}}   # defaults for how cells launch (tinlt.launch)
     grid: {loss.p: [0.2, 0.5]}      # cartesian product, one cell per combination
     cells:                          # and/or an explicit list (crossed with grid if both)
       - {name: baseline, kind: baseline, overrides: [model.head=linear, loss.name=ce]}
@@ -45,7 +46,7 @@ from ..config import load_config, resolve_config_path
 from ..engine.run_folder import RunFolder
 from ..errors import TinltError, did_you_mean
 
-GRID_KEYS = ("_base_", "name", "base", "datasets", "overrides", "grid", "cells", "seeds")
+GRID_KEYS = ("_base_", "name", "base", "datasets", "overrides", "grid", "cells", "seeds", "launch")
 CELL_KEYS = ("name", "overrides", "eval_from", "zeroshot", "label", "kind")
 DATASET_KEYS = ("base", "title", "overrides")
 EVAL_PREFIXES = ("train.", "data.")  # what ``tinlt eval`` may change on a checkpoint's config
@@ -83,6 +84,7 @@ class Sweep:
     cells: list[Cell] = field(default_factory=list)
     dataset: str = ""  # the data set's key in a multi-data-set grid ("" for one base)
     title: str = ""
+    launch: dict = field(default_factory=dict)  # the grid's launch: defaults (launcher, workers, slurm: ...)
 
 
 @dataclass
@@ -297,11 +299,15 @@ def load_sweeps(path: str | Path, out: Optional[str | Path] = None, overrides: S
     if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds)):
         raise TinltError(f"{spec['seeds'].where}: 'seeds' must be a list of integers")
     name = str(spec["name"].value) if "name" in spec else path.stem
+    launch = spec["launch"].value if "launch" in spec else {}
+    if not isinstance(launch, dict):
+        raise TinltError(f"{spec['launch'].where}: 'launch' must be a mapping (launcher, workers, slurm: {{...}})")
     root = Path(out) if out else Path("runs") / "sweeps" / path.stem
     sweeps = []
     for key, title, base, data_ovs in _datasets(spec, path, base_override):
         sweep_out = (root / key if key else root).resolve()
         sweeps.append(_resolve(spec, path, name, title, key, base, data_ovs, list(overrides), sweep_out, seeds))
+        sweeps[-1].launch = dict(launch)
     return sweeps
 
 

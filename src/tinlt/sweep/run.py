@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import fileio
-from ..engine.run_folder import BEST, CONFIG, made_by
+from ..engine.run_folder import BEST, CONFIG, RunFolder, made_by
 from ..errors import Interrupted, TinltError, did_you_mean
+from ..launch import Job, LaunchOptions, launch
 from .grid import Cell, Sweep, safe_name
 from .table import CELL_FILE, results_rows, write_results
 
@@ -86,6 +87,42 @@ def _run_cell(sweep: Sweep, cell: Cell, state: str, quiet: bool) -> dict:
     return info
 
 
+def _launched(state: str) -> bool:
+    """Whether a launcher handled the cell (it ran, failed, was stopped, or is queued on SLURM)."""
+    return state in ("ran", "interrupted", "submitted") or state.startswith("failed")
+
+
+def _launch_trainings(sweep: Sweep, cells: list[Cell], states: dict, options: LaunchOptions, quiet: bool,
+                      log) -> None:
+    """Every training cell that is not finished, through the launcher; the states say how each ended."""
+    jobs = []
+    for cell in cells:
+        if cell.eval_from is not None or cell.zeroshot:
+            continue
+        state = states[cell.name]
+        if state == "done":
+            log(f"{cell.name}: finished earlier, reused ({made_by(cell.run.read_metrics() or {})})")
+            continue
+        if state == "run" and cell.out.exists():  # a changed cell: its old files would mix with the new run
+            cell.run.clear(extra=(CELL_FILE, CONFIG))
+        cfg = copy.deepcopy(cell.cfg)
+        cfg.train.quiet = True
+        jobs.append(Job(cell.name, cfg, resume=state == "resume", spec_dir=sweep.out / ".launch"))
+        _write_cell_info(cell.out, {"cell": cell.name, "overrides": cell.overrides, "eval_from": None,
+                                    "wall_s": 0.0, "status": "launched"})
+    outcomes = {}
+    try:
+        outcomes = launch(jobs, options, log=log)
+    finally:
+        for job in jobs:
+            out = outcomes.get(job.name)
+            status = out.status if out is not None else ("submitted" if not options.wait else "interrupted")
+            previous = (RunFolder(job.run_dir).read_json(CELL_FILE) or {})
+            _write_cell_info(job.run_dir, {**previous, "status": status, "wall_s": out.wall_s if out else 0.0,
+                                           "attempts": out.attempts if out else 0})
+            states[job.name] = "ran" if status == "done" else status
+
+
 def subsampling_note(cfg) -> Optional[str]:
     """What a cell's subsampling keys do to data that is not Fashion-MNIST (they are meant for it)."""
     notes = []
@@ -101,14 +138,20 @@ def subsampling_note(cfg) -> Optional[str]:
 def run_sweep(
     sweep: Sweep, *, dry_run: bool = False, only: Optional[Sequence[str]] = None, quiet: bool = False,
     fresh: bool = False, seeds: Optional[Sequence[int]] = None, log=print, tables: bool = True,
+    launch: Optional[LaunchOptions] = None,
 ) -> list[dict]:
-    """Run every cell that is not finished (in file order), then write the results tables.
+    """Run every cell that is not finished, then write the results tables.
 
     Returns the table rows. ``dry_run`` only reports what each cell would do; ``fresh`` runs
     the selected cells again even when a finished or resumable run exists. ``only`` (cell
     names) and ``seeds`` narrow what runs, e.g. seed 0 of every row first on a small machine;
     the tables always list every cell (the rest as pending); ``tables=False`` writes none.
+    ``launch`` (tinlt.launch): one CPU worker (the default) trains the cells here, in file
+    order; more workers, GPUs or SLURM train them as ``tinlt train`` processes, then the
+    evaluation-only cells run here.
     """
+    launch = launch or LaunchOptions()
+    launch.check()
     names = {c.name for c in sweep.cells}
     for n in only or ():
         if n not in names:
@@ -138,8 +181,10 @@ def run_sweep(
         return results_rows(sweep, states)
     sweep.out.mkdir(parents=True, exist_ok=True)
     try:
+        if not launch.in_process:
+            _launch_trainings(sweep, [c for c in sweep.cells if not skipped(c)], states, launch, quiet, log)
         for i, cell in enumerate(sweep.cells, 1):
-            if skipped(cell):
+            if skipped(cell) or (not launch.in_process and _launched(states[cell.name])):
                 continue
             if states[cell.name] == "done":
                 log(f"[{i}/{len(sweep.cells)}] {cell.name}: finished earlier, reused ({made_by(cell.run.read_metrics() or {})})")
