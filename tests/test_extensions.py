@@ -152,3 +152,15 @@ def test_a_missing_extension_module_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tinlt", "train", "train.output_dir=" + str(tmp_path / "x")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and "no_such_extension_module" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_tinlts_own_extension_loads_without_install_metadata():
+    """Run from a source tree (PYTHONPATH=src, no entry points installed): the built-in towers,
+    methods, heads and losses still register."""
+    code = ("import importlib.metadata as m; m.entry_points = lambda **kw: []\n"
+            "from tinlt.config import load_config, choices\n"
+            "cfg = load_config(None, ['model.tune_image.method=lora', 'model.tune_image.rank=4', 'loss.name=focal'])\n"
+            "print(cfg.model.tune_image.rank, 'lora' in choices('model.tune_image.method'), choices('model.head'))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert res.stdout.split()[:2] == ["4", "True"] and "text" in res.stdout
