@@ -283,9 +283,7 @@ def load_extensions() -> None:
         return
     _state["loading"] = True
     try:
-        from importlib.metadata import entry_points
-
-        found = sorted(entry_points(group=EXTENSION_GROUP), key=lambda e: (e.name != "builtin", e.name))
+        found = sorted(_entry_points(), key=lambda e: (e.name != "builtin", e.name))
         if not any(ep.name == "builtin" for ep in found):  # run from a source tree without install metadata
             _import_extension(BUILTIN, "tinlt's own extension")
         for ep in found:
@@ -295,6 +293,12 @@ def load_extensions() -> None:
         _state["loaded"] = True
     finally:
         _state["loading"] = False
+
+
+def _entry_points() -> list:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=EXTENSION_GROUP))
 
 
 def _import_extension(module: str, where: str) -> None:
