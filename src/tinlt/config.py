@@ -234,9 +234,12 @@ def validate(cfg: DictConfig) -> None:
     for key in SPLIT_KEYS:
         kind = str(OmegaConf.select(cfg, f"{key}.kind") or "")
         if kind:
-            check_choice(f"{key}.kind", kind, SPLIT_KINDS + (("holdout",) if key == "data.val" else ()))
-    if cfg.optim.epochs < 1 and cfg.train.max_steps < 1:
-        raise TinltError("config key 'optim.epochs' must be >= 1")
+            check_choice(f"{key}.kind", kind, SPLIT_KINDS + (("holdout", "kfold") if key == "data.val" else ()))
+    solved = cfg.model.classifier_init == "logistic"  # the head is solved at set-up: 0 epochs allowed
+    if cfg.optim.epochs < (0 if solved else 1) and cfg.train.max_steps < 1:
+        raise TinltError("config key 'optim.epochs' must be >= 0" if solved else
+                         "config key 'optim.epochs' must be >= 1 (0 only with model.classifier_init=logistic, "
+                         "a head solved at set-up)")
     if not 0 < cfg.optim.lr < 3.4e38:  # beyond float32 the optimizer itself fails
         raise TinltError(f"config key 'optim.lr' = {cfg.optim.lr}; expected a positive learning rate below 3.4e38")
     if cfg.optim.batch_size < 1:

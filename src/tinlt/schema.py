@@ -29,7 +29,7 @@ from .errors import TinltError
 # registered by extensions (tuning methods, heads, losses) start with the values that are
 # config's own ("" = unset) and grow as extensions register (see the module doc).
 SPLIT_KINDS = ("list", "folder", "csv", "fashion_mnist")
-CLASSIFIER_INITS = ("", "text", "class_mean", "probe", "random")
+CLASSIFIER_INITS = ("", "text", "class_mean", "probe", "logistic", "random")
 COOP_POSITIONS = ("end", "middle", "front")
 TTA_MODES = ("none", "flip", "five_crop", "ten_crop")
 AUGMENTS = ("paper", "none")
@@ -66,7 +66,7 @@ SPLIT_KEYS = ("data.train", "data.val", "data.test")
 class SplitConfig:
     """Where one split comes from. ``kind`` empty means the split is not used."""
 
-    kind: str = ""  # list | folder | csv | fashion_mnist; data.val also: holdout (from data.train)
+    kind: str = ""  # list | folder | csv | fashion_mnist; data.val also: holdout, kfold (from data.train)
     path: str = ""  # list file, folder root, CSV file, or folder holding the IDX files
     root: str = ""  # image root that list/CSV paths are relative to (default: the file's folder)
     classnames: str = ""  # one class name per line, in label order
@@ -77,7 +77,9 @@ class SplitConfig:
     counts: List[int] = field(default_factory=list)  # explicit per-class caps (override lt_*)
     per_class_limit: int = 0  # keep at most this many per class (e.g. a quick test subset); 0 = all
     fraction: float = 0.1  # data.val.kind=holdout: share of each class's training images (>= 1) held out
-    seed: int = -1  # data.val.kind=holdout: the split's seed; -1 = train.seed
+    seed: int = -1  # data.val.kind=holdout / kfold: the split's seed; -1 = train.seed
+    folds: int = 5  # data.val.kind=kfold: stratified folds of data.train (tinlt fit)
+    fold: int = 0  # data.val.kind=kfold: the fold held out
 
 
 @dataclass
@@ -125,6 +127,8 @@ class ModelConfig:
     # linear / cosine head: initial rows from text features, class means, a class-balanced probe, or random
     classifier_init: str = ""  # "" = text for cosine, random for linear
     cosine_scale: float = 25.0  # cosine head: fixed logit scale (LIFT's)
+    # classifier_init logistic: the L2 penalty's inverse strength C; 0 = chosen on inner stratified folds
+    probe_c: float = 0.0
     tune_image: TuneConfig = field(default_factory=TuneConfig)
     tune_text: TuneConfig = field(default_factory=TuneConfig)
     coop: CoopConfig = field(default_factory=CoopConfig)
@@ -210,6 +214,11 @@ class TrainConfig:
     # drives early stopping, post-hoc tau and the choice between recipes)
     best_checkpoint: str = "val"
     tau_norm: Optional[float] = None  # linear head: tau-normalise the weight rows w_c / ||w_c||^tau, bias dropped
+    # keep the raw logits of every evaluated epoch on data.val in val_predictions.npz (tinlt fit pools them)
+    save_val_predictions: bool = False
+    # score the test split at the end (metrics.json); false: metrics.json holds the val split's (fit's folds),
+    # or, with no data.val, nothing is scored at all (fit's refit: the test split is left for tinlt eval)
+    final_test: bool = True
 
 
 @dataclass

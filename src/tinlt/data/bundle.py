@@ -36,9 +36,9 @@ class DataBundle:
         return {"classnames": list(self.classnames), "train_counts": np.asarray(self.train_counts).tolist(),
                 "groups": {k: np.asarray(v).tolist() for k, v in self.groups.items()}}
 
-    def selection_note(self) -> Optional[str]:
+    def selection_note(self, scores_test: bool = True) -> Optional[str]:
         """A warning when model selection would look at the test split (no validation split)."""
-        if self.eval_name == "test":
+        if self.eval_name == "test" and scores_test:
             return ("no validation split: best.pt and every choice made during training use the test split; "
                     "hold one out with data.val.kind=holdout data.val.fraction=0.1")
         return None
@@ -67,11 +67,15 @@ def build_data(cfg, *, report_dir: Optional[str] = None) -> DataBundle:
     if train is None:
         raise TinltError("config key 'data.train.kind' is empty: a training split is required")
     held_out = None
-    if str(cfg.data.val.kind or "") == "holdout":
-        from .holdout import hold_out
+    kind = str(cfg.data.val.kind or "")
+    if kind in ("holdout", "kfold"):
+        from .holdout import hold_out, k_fold
 
         seed = cfg.data.val.seed if cfg.data.val.seed >= 0 else cfg.train.seed
-        train, val, held_out = hold_out(train, float(cfg.data.val.fraction), int(seed))
+        if kind == "holdout":
+            train, val, held_out = hold_out(train, float(cfg.data.val.fraction), int(seed))
+        else:
+            train, val, held_out = k_fold(train, int(cfg.data.val.folds), int(cfg.data.val.fold), int(seed))
     else:
         val = build_split(cfg.data.val)
     test = build_split(cfg.data.test)
@@ -90,7 +94,7 @@ def build_data(cfg, *, report_dir: Optional[str] = None) -> DataBundle:
         if other is not None:
             check_same_classes(train, other, f"data.{name}")
     evaluation, eval_name = (val, "val") if val is not None else (test, "test")
-    if evaluation is None:
+    if evaluation is None and cfg.train.get("final_test", True):
         raise TinltError("no evaluation split: set 'data.val' or 'data.test'")
     counts = train.class_counts()
     groups = shot_groups(

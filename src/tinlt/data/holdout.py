@@ -1,4 +1,4 @@
-"""A validation split held out from the training split (``data.val.kind: holdout``).
+"""A validation split held out from the training split (``data.val.kind: holdout`` or ``kfold``).
 
 Owns :func:`hold_out`: a stratified split of the training samples, a pure function of
 (labels, fraction, seed), so a run reproduces it from its config. Each class gives
@@ -6,6 +6,12 @@ Owns :func:`hold_out`: a stratified split of the training samples, a pure functi
 training; a class with a single training image cannot be split and is an error naming it.
 Model selection (best.pt, early stopping, post-hoc tau) then happens on these images, and
 the test split is scored once, at the end.
+
+Owns :func:`fold_of` too: a stratified K-fold assignment (``data.val.kind: kfold``, the folds
+of ``tinlt fit``), a pure function of (labels, K, seed). Each class's images, shuffled, go
+to the folds in turn, starting where the previous class stopped, so every image is out of
+fold exactly once, fold sizes differ by at most one, and a class with fewer than K images
+puts each of them in a fold of its own (at most one held out per fold: the rest still train).
 """
 
 from __future__ import annotations
@@ -14,6 +20,34 @@ import numpy as np
 
 from ..errors import TinltError
 from .samples import Samples
+
+
+def fold_of(labels, folds: int, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each image, stratified by label (see the module doc)."""
+    if int(folds) < 2:
+        raise TinltError(f"config key 'data.val.folds' = {folds}; expected at least 2")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D]))
+    out = np.empty(len(labels), dtype=np.int64)
+    at = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        out[idx] = (at + np.arange(len(idx))) % folds
+        at = (at + len(idx)) % folds
+    return out
+
+
+def k_fold(train: Samples, folds: int, fold: int, seed: int) -> tuple[Samples, Samples, np.ndarray]:
+    """(the other folds' images, fold ``fold``'s images, their indices into ``train``)."""
+    if not 0 <= int(fold) < int(folds):
+        raise TinltError(f"config key 'data.val.fold' = {fold}; expected 0 .. {int(folds) - 1}")
+    assigned = fold_of(train.labels, folds, seed)
+    val_idx = np.flatnonzero(assigned == int(fold))
+    keep = np.flatnonzero(assigned != int(fold))
+    rest, held = train.subset(keep), train.subset(val_idx)
+    rest.source = f"{train.source} (without fold {fold} of {folds})"
+    held.source = f"{train.source} (fold {fold} of {folds}: {len(val_idx)} images)"
+    return rest, held, val_idx
 
 
 def hold_out(train: Samples, fraction: float, seed: int) -> tuple[Samples, Samples, np.ndarray]:

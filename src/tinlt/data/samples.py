@@ -19,9 +19,12 @@ class Samples:
     classnames: list[str]
     source: str = ""  # where it came from, for messages
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason) dropped while loading
+    origin: Optional[np.ndarray] = None  # each sample's position in the split it was loaded as (subsets keep it)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.origin is None:
+            self.origin = np.arange(len(self.labels), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,4 +43,4 @@ class Samples:
     def subset(self, index: np.ndarray) -> "Samples":
         index = np.asarray(index, dtype=np.int64)
         items = self.items[index] if self.in_memory else [self.items[i] for i in index]
-        return Samples(items, self.labels[index], list(self.classnames), self.source)
+        return Samples(items, self.labels[index], list(self.classnames), self.source, origin=self.origin[index])

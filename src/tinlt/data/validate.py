@@ -233,7 +233,7 @@ def validate_samples(
         items = samples.items
     else:
         items = samples.items[index] if samples.in_memory else [samples.items[i] for i in index]
-    clean = Samples(items, labels[index], list(samples.classnames), samples.source)
+    clean = Samples(items, labels[index], list(samples.classnames), samples.source, origin=samples.origin[index])
     clean.skipped = list(samples.skipped)
     for c in np.flatnonzero(clean.class_counts() == 0):
         had = int((labels == c).sum())

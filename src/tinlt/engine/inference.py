@@ -90,11 +90,13 @@ def resolve_split(cfg, split: Optional[str] = None, *, classnames: Optional[Sequ
         kind = str(node.kind or "")
         if not kind:
             continue
-        if kind == "holdout":  # rebuilt from data.train with the run's fraction and seed
-            from ..data.holdout import hold_out
+        if kind in ("holdout", "kfold"):  # rebuilt from data.train with the run's fraction / fold and seed
+            from ..data.holdout import hold_out, k_fold
 
             seed = node.seed if node.seed >= 0 else cfg.train.seed
-            samples = hold_out(build_split(cfg.data.train, where="data.train"), float(node.fraction), int(seed))[1]
+            train = build_split(cfg.data.train, where="data.train")
+            samples = (hold_out(train, float(node.fraction), int(seed)) if kind == "holdout"
+                       else k_fold(train, int(node.folds), int(node.fold), int(seed)))[1]
         else:
             samples = build_split(node, where=f"data.{name}")
         if classnames is not None and list(samples.classnames) != list(classnames):

@@ -41,6 +41,7 @@ RUN_INFO = "run.json"
 LOG = "log.jsonl"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"  # one row per test image (engine/inference.write_predictions_csv)
+VAL_PREDICTIONS = "val_predictions.npz"  # train.save_val_predictions: raw val logits per evaluated epoch
 LAST = "last.pt"
 BEST = "best.pt"
 EVAL_DIR = "eval"  # what `tinlt eval` writes, inside the run folder
@@ -54,7 +55,7 @@ ZEROSHOT_DIR = "zeroshot"  # what `tinlt zeroshot` writes, inside train.output_d
 DEPLOY_KEYS = ("model", "config", "classnames", "train_counts", "groups", "versions", "epoch", "global_step",
                "trainable_only", "base")
 
-RESULT_FILES = (LAST, BEST, LOG, METRICS, PREDICTIONS)  # what a new run must not mix with
+RESULT_FILES = (LAST, BEST, LOG, METRICS, PREDICTIONS, VAL_PREDICTIONS)  # what a new run must not mix with
 IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
 
 
@@ -174,6 +175,25 @@ class RunFolder:
     def rewrite_log(self, records: Sequence[dict]) -> None:
         """log.jsonl as ``records``, written whole (atomic), one JSON object per line."""
         fileio.write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_val_predictions(self, arrays: dict) -> Path:
+        """``val_predictions.npz`` whole (atomic): origin, target, epochs and logits (E, N, C)."""
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return fileio.write_bytes(self.path / VAL_PREDICTIONS, buf.getvalue())
+
+    def read_val_predictions(self) -> Optional[dict]:
+        import numpy as np
+
+        try:
+            with np.load(self.path / VAL_PREDICTIONS) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            return None
 
     def write_json(self, name: str, obj: Any) -> Path:
         return fileio.write_json(self.path / name, obj)

@@ -15,7 +15,6 @@ inside the epoch.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from omegaconf import DictConfig
 from ..config import to_dict
 from ..errors import Interrupted, TinltError
 from ..models.adjust import apply_eval_adjustments
-from ..models.tuning import describe_trainable
+from ..models.tuning import describe_trainable, trainable_summary
 from . import checkpoint as ckpt_io
 from .device import autocast_for, compiled_forward, is_convolutional, training_devices, wrap_for_training
 from .distributed import barrier, cleanup
@@ -41,7 +40,7 @@ from .optim import back_off, build_optimizer, build_scheduler, effective_lr, non
 from .progress import LogTicker, echo, progress, quiet_while
 from .resume import RETUNED, check_data, claim, load_resume, retune_optimizer
 from .run_folder import RunFolder, RunLock
-from .selection import record_selection, select_posthoc_tau
+from .selection import record_selection, select_posthoc_tau, split_logits
 from .signals import StopRequest
 
 
@@ -144,16 +143,17 @@ class _Run:
                 "command": self.command or sys.argv, "seed": cfg.train.seed, "versions": ckpt_io.versions(),
                 "device": str(self.device), "world_size": self.dist.world_size, "per_device_batch": cfg.optim.batch_size,
                 "global_batch": self.global_batch, "lr_effective": lr, "lr_scaling": cfg.optim.lr_scaling,
+                "total_steps": self.total_steps, "trainable_params": trainable_summary(self.model)[0],
                 "train_images": len(data.train), "eval_split": data.eval_name, **data.summary(),
                 "held_out": None if data.held_out is None else data.held_out.tolist()})
             echo(describe_trainable(self.model))
             echo(banner(cfg, data, self.device, self.dist.world_size, self.global_batch, lr, self.total_steps, self.run))
-            if data.selection_note():
+            if data.selection_note(scores_test=not self.blind):
                 print(f"tinlt: warning: {data.selection_note()}", file=sys.stderr)
         self.logger = make_logger(cfg, self.run.path, is_main=self.main)  # TensorBoard if train.tensorboard
         self.ctx = TrainContext(cfg=cfg, run=self.run, logger=self.logger, features=self.features)
-        self.eval_dl = eval_loader(data.evaluation, self.eval_tf, cfg, self.dist, self.device,
-                                   features=self.eval_features)
+        self.eval_dl = None if data.evaluation is None else eval_loader(
+            data.evaluation, self.eval_tf, cfg, self.dist, self.device, features=self.eval_features)
         self.hook("on_start")
 
     def hook(self, event: str, **fields) -> None:
@@ -189,6 +189,11 @@ class _Run:
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> None:
         cfg = self.cfg
+        if cfg.optim.epochs == 0:  # a head solved at set-up (model.classifier_init: logistic): evaluate and save it
+            if not self.history:
+                self.pass_time = (0.0, 0.0)
+                self.end_epoch(True)
+            return
         done = self.global_step >= self.total_steps
         with StopRequest() as stop:
             while self.epoch < cfg.optim.epochs and not done:
@@ -275,16 +280,20 @@ class _Run:
         wall, cpu = self.pass_time
         record = {"epoch": self.epoch, "step": self.global_step, "loss": self.loss_sum / max(self.n_seen, 1),
                   "lr": self.scheduler.get_last_lr()[0], "time_s": wall, "cpu_s": cpu}
-        if (cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0) or last_epoch:
+        if not self.blind and ((cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0) or last_epoch):
             m = evaluate(self.model, None, cfg, data, device=self.device, loader=self.eval_dl,
                          desc=f"eval ({data.eval_name})", per_image=False)
             record[data.eval_name] = {k: m[k] for k in ("overall", "instance_acc", "many", "medium", "few")}
+            if cfg.train.get("save_val_predictions") and data.eval_name == "val" and self.main:
+                self.keep_val_logits()
             improved = data.eval_name == "test" or m["overall"] > self.best_score  # without val, "best" is the last
             if improved:
                 self.best_score, self.stale_evals = m["overall"], 0
             else:
                 self.stale_evals += 1
             record["best"] = (improved or cfg.train.best_checkpoint == "last") or None
+        elif self.blind:
+            record["best"] = True  # nothing scored: the last epoch is the model
             if 0 < cfg.train.early_stopping <= self.stale_evals and not last_epoch:
                 last_epoch = record["stopped_early"] = True
         record = {k: v for k, v in record.items() if v is not None}
@@ -298,21 +307,50 @@ class _Run:
         self.hook("on_epoch_end", record=record)
         return last_epoch
 
+    def keep_val_logits(self) -> None:
+        """This epoch's raw val logits, added to val_predictions.npz (resumes keep earlier epochs)."""
+        import numpy as np
+
+        logits, targets = split_logits(self.model, self.eval_dl, self.device)
+        old = self.run.read_val_predictions() or {}
+        keep = [i for i, e in enumerate(old.get("epochs", [])) if e < self.epoch]
+        self.run.write_val_predictions({
+            "origin": self.data.evaluation.origin, "target": targets,
+            "epochs": np.asarray([*(old["epochs"][keep] if keep else []), self.epoch], dtype=np.int64),
+            "logits": np.concatenate([old["logits"][keep], logits[None]]) if keep else logits[None].astype(np.float32)})
+
+    @property
+    def blind(self) -> bool:
+        """Trains on everything and scores nothing (``train.final_test: false`` with no data.val):
+        the test split is left untouched for ``tinlt eval`` (fit's refit)."""
+        return not self.cfg.train.get("final_test", True) and self.data.eval_name != "val"
+
     def finish(self, start_time: float) -> dict:
         """Choices on the validation split (post-hoc tau), then the test split, scored once with the
         selected weights (best.pt); metrics.json."""
+        if self.blind:
+            metrics = {"split": None, "train_time_s": round(time.time() - start_time, 1),
+                       "note": "trained on every training image; nothing scored (tinlt eval scores the test split)"}
+            if self.main:
+                self.run.write_metrics(metrics)
+                echo(f"trained; nothing scored: tinlt eval --checkpoint {self.run.path} scores the test split")
+                self.logger.close()
+            return metrics
         best = ckpt_io.load_checkpoint(self.run.best) if self.run.best.is_file() else None
         if best is not None:
             ckpt_io.load_model_state(self.model, best, where=str(self.run.best))
         if (chosen := select_posthoc_tau(self.model, self.eval_dl, self.data, self.cfg, self.device)) and self.main:
             record_selection(self.run, best, self.cfg)
-        metrics = evaluate(self.model, self.data.final, self.cfg, self.data, device=self.device, dist_info=self.dist,
-                           desc="test", features=self.eval_features, transform=self.eval_tf,
+        final = self.data.final if self.cfg.train.get("final_test", True) else self.data.evaluation
+        split = "test" if final is self.data.test else self.data.eval_name
+        metrics = evaluate(self.model, final, self.cfg, self.data, device=self.device, dist_info=self.dist,
+                           desc=split, features=self.eval_features, transform=self.eval_tf,
                            csv=self.run.predictions_path if self.main else None)
-        metrics.update(train_time_s=round(time.time() - start_time, 1), **({"selection": chosen} if chosen else {}))
+        metrics.update(train_time_s=round(time.time() - start_time, 1), split=split,
+                       **({"selection": chosen} if chosen else {}))
         if self.main:
             self.run.write_metrics(metrics)
-            echo(f"test: {scores_line(metrics)} | metrics: {self.run.metrics_path}")
+            echo(f"{split}: {scores_line(metrics)} | metrics: {self.run.metrics_path}")
             self.hook("on_finish", metrics=metrics)
             self.logger.close()
         return metrics

@@ -1,0 +1,289 @@
+"""``tinlt fit``: folds, out-of-fold pooling, choices on them, refit, doubtful labels, resume.
+
+Expected values come from first principles (fold counts, set algebra on indices), a
+re-implementation written here (the paired bootstrap), scikit-learn (the solved probe) and
+cleanlab's definition (labels flipped on purpose are found).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import COLOURS, write_class_folders
+from tinlt.cli import main
+from tinlt.data.holdout import fold_of
+from tinlt.fit import oof
+from tinlt.fit.run import advance, parse_budget
+
+GRID = """cells:
+  - {name: text, kind: tin, overrides: [optim.epochs=2]}
+  - {name: probe, kind: baseline, overrides: [model.head=linear, model.visual_attention=false,
+     model.tune_image.method=frozen, model.classifier_init=logistic, optim.epochs=0]}
+"""
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    """Three colour classes (20 / 8 / 3 training images) a probe separates, and a test tree."""
+    root = tmp_path_factory.mktemp("fit")
+    names = ["red", "green", "blue"]
+    cols = dict(zip(names, COLOURS))
+    write_class_folders(root / "train", dict(zip(names, [20, 8, 3])), cols, seed=0, spread=30)
+    write_class_folders(root / "test", dict(zip(names, [4, 4, 4])), cols, seed=1, spread=30)
+    (root / "base.yaml").write_text(
+        "model: {name: tiny-vit}\n"
+        f"data: {{train: {{kind: folder, path: {root / 'train'}}}, test: {{kind: folder, path: {root / 'test'}}},"
+        " image_size: 32, num_workers: 0}\n"
+        "optim: {name: adamw, lr: 1.0e-3, batch_size: 8, epochs: 2}\n"
+        "train: {eval_batch_size: 16, quiet: true, report: false}\n")
+    (root / "grid.yaml").write_text(GRID)
+    return root
+
+
+def _fit(root: Path, out: Path, *extra: str) -> dict:
+    assert main(["fit", "-c", str(root / "base.yaml"), "--grid", str(root / "grid.yaml"), "--folds", "3",
+                 "--out", str(out), "-q", *extra]) == 0
+    return json.loads((out / "fit.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fitted(colours, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fitout") / "fit"
+    return colours, out, _fit(colours, out)
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def test_folds_are_stratified_and_each_image_is_out_of_fold_once():
+    labels = np.repeat(np.arange(5), [23, 7, 4, 2, 1])
+    f = fold_of(labels, 5, seed=3)
+    assert sorted(np.bincount(f).tolist()) == [7, 7, 7, 8, 8]  # sizes differ by at most one
+    for c, n in enumerate([23, 7, 4, 2, 1]):
+        per = np.bincount(f[labels == c], minlength=5)
+        assert per.max() - per.min() <= 1 and per.sum() == n  # spread evenly, none dropped
+        if n < 5:
+            assert per.max() == 1  # a class smaller than K: one image per fold, the rest still train
+    assert np.array_equal(fold_of(labels, 5, seed=3), f) and not np.array_equal(fold_of(labels, 5, seed=4), f)
+
+
+def test_no_fold_model_scores_its_own_training_images(fitted):
+    _, out, rec = fitted
+    n = rec["train_images"]
+    for recipe in ("text", "probe"):
+        seen = []
+        for k in range(3):
+            run = out / "folds" / f"{recipe}__fold{k}"
+            held = set(json.loads((run / "run.json").read_text())["held_out"])
+            pred = np.load(run / "val_predictions.npz")
+            assert set(pred["origin"].tolist()) == held  # scored: exactly its own held-out fold
+            info = json.loads((run / "run.json").read_text())
+            assert info["train_images"] == n - len(held)  # trained: everything else
+            seen += pred["origin"].tolist()
+        assert sorted(seen) == list(range(n))  # every image out of fold exactly once
+
+
+# --------------------------------------------------------------------------- choices on the pooled predictions
+
+
+def test_the_paired_bootstrap_matches_a_hand_computation():
+    rng = np.random.default_rng(5)
+    target = np.repeat([0, 1, 2], [12, 6, 3])
+    a, b = rng.normal(size=(21, 3)), rng.normal(size=(21, 3))
+    a[np.arange(21), target] += 1.0  # a is better on average
+    lo, hi = oof.bootstrap_diff(a, b, target, oof.per_class_accuracy, n=200, seed=9)
+    # by hand: the same resamples, the metric written out with loops
+    def acc(logits, t):
+        vals = []
+        for c in sorted(set(t.tolist())):
+            rows = [i for i in range(len(t)) if t[i] == c]
+            vals.append(sum(int(np.argmax(logits[i]) == c) for i in rows) / len(rows))
+        return 100 * sum(vals) / len(vals)
+    r = np.random.default_rng(9)
+    diffs = []
+    for _ in range(200):
+        idx = r.integers(0, 21, 21)
+        diffs.append(acc(a[idx], target[idx]) - acc(b[idx], target[idx]))
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+    assert oof.bootstrap_diff(a, a, target, oof.per_class_accuracy, n=50) == (0.0, 0.0)
+
+
+def test_the_cheaper_recipe_wins_within_the_noise():
+    intervals = {"probe": (-3.0, 1.0), "ft": (-9.0, -0.5), "lift": (-2.0, 4.0)}
+    cost = {"tin": 900.0, "probe": 20.0, "ft": 5.0, "lift": 400.0}
+    chosen, why = oof.pick_cheapest("tin", intervals, cost)
+    assert chosen == "probe" and "within the noise" in why  # ft is cheaper but clearly worse
+    assert oof.pick_cheapest("tin", {"ft": (-9.0, -0.5)}, cost)[0] == "tin"
+
+
+def test_tau_and_epoch_are_chosen_on_the_pooled_predictions():
+    counts = np.array([90, 10])
+    target = np.array([0] * 9 + [1] * 3)
+    logits = np.zeros((2, 12, 2))
+    logits[0, :, 0] = 1.0  # epoch 1: everything called the common class
+    logits[1, :9, 0] = 2.5  # epoch 2: the rare images lean rare, but only after adjustment
+    logits[1, 9:, 0] = 1.0
+    p = oof.Pooled(np.arange(12), target, np.array([1, 2]), logits)
+    c = oof.choose(p, counts, oof.per_class_accuracy)
+    # by hand: log prior ratio = log 9 = 2.197; tau 0.5 shifts the rare logit up by 1.10: rare wins at 1.0, not at 2.5
+    assert (c.epoch, c.tau, c.score) == (2, 0.5, 100.0)
+
+
+def test_budget_keeps_the_leaders_that_fit():
+    scores, walls = {"a": 70.0, "b": 80.0, "c": 60.0}, {"a": 10.0, "b": 100.0, "c": 15.0}
+    assert advance(scores, walls, 5, None) == ["b", "a", "c"]
+    # 10 min: 125 s spent on fold 0, 475 s left; b needs 4 x 100 (it leads: always), a 40 (35 left), c 60: out
+    assert advance(scores, walls, 5, parse_budget("10m")) == ["b", "a"]
+    assert advance(scores, walls, 5, parse_budget("7")) == ["b"]  # 3 trainings spent, 4 left: one recipe
+    with pytest.raises(Exception, match="--budget"):
+        parse_budget("soon")
+
+
+# --------------------------------------------------------------------------- the refit and its outputs
+
+
+def test_the_refit_trains_on_every_image_and_leaves_the_test_split_unread(fitted):
+    _, out, rec = fitted
+    model = out / "model"
+    info = json.loads((model / "run.json").read_text())
+    assert info["train_images"] == rec["train_images"] == 31 and info["held_out"] is None
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["split"] is None and "overall" not in metrics  # nothing scored
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load((model / "config.yaml").read_text())))
+    chosen = next(r for r in rec["recipes"] if r["name"] == rec["chosen"])
+    assert cfg["train"]["posthoc_tau"] == chosen["tau"]
+    assert main(["eval", "--checkpoint", str(model), "-q"]) == 0  # the one scoring of the test split
+    assert json.loads((model / "eval" / "metrics.json").read_text())["overall"] is not None
+    lb = (out / "leaderboard.md").read_text()
+    assert f"**{rec['chosen']}**" in lb and (out / "index.html").is_file()
+    rows = (out / "oof_predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 31
+
+
+def test_scrambled_test_labels_change_no_choice(colours, fitted, tmp_path):
+    """The fit reads nothing of the test split: with its labels scrambled every choice and every
+    weight is the same."""
+    _, _, rec = fitted
+    scrambled = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(colours / "train", scrambled / "train")
+    shutil.copytree(colours / "test", scrambled / "test")
+    (scrambled / "test" / "red").rename(scrambled / "test" / "tmp")
+    (scrambled / "test" / "blue").rename(scrambled / "test" / "red")
+    (scrambled / "test" / "tmp").rename(scrambled / "test" / "blue")
+    base = (colours / "base.yaml").read_text().replace(str(colours / "test"), str(scrambled / "test"))
+    (scrambled / "base.yaml").write_text(base)
+    (scrambled / "grid.yaml").write_text(GRID)
+    other = _fit(scrambled, tmp_path / "fit")
+    keys = ("chosen", "leader", "why", "threshold")
+    assert {k: other[k] for k in keys} == {k: rec[k] for k in keys}
+    assert [(r["score"], r["tau"], r["epoch"]) for r in other["recipes"]] == \
+        [(r["score"], r["tau"], r["epoch"]) for r in rec["recipes"]]
+    a = torch.load(Path(rec["model"]) / "best.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "fit" / "model" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_solved_probe_is_scikit_learns_logistic_regression(colours, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from tinlt.data.sources import load_folder
+    from tinlt.engine.classifier_init import training_embeddings
+    from tinlt.engine.inference import load_model
+
+    out = tmp_path / "probe"
+    assert main(["train", "-c", str(colours / "base.yaml"), "model.head=linear", "model.visual_attention=false",
+                 "model.tune_image.method=frozen", "model.classifier_init=logistic", "model.probe_c=0.3",
+                 "optim.epochs=0", f"train.output_dir={out}", "-q"]) == 0
+    model, cfg, _ = load_model(out / "best.pt")
+    from tinlt.engine.loaders import eval_transform
+
+    train = load_folder(colours / "train")
+    feats, labels = training_embeddings(model, train, eval_transform(model, cfg, views=False), cfg,
+                                        torch.device("cpu"))
+    x = feats.numpy().astype(np.float64)
+    z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    ref = LogisticRegression(C=0.3, max_iter=5000, tol=1e-8).fit(z, labels).decision_function(z)
+    with torch.no_grad():
+        ours = model.head(feats).numpy()
+    np.testing.assert_allclose(ours, ref, atol=2e-3)
+
+
+def test_flipped_labels_are_found(tmp_path):
+    """Confident learning on out-of-fold probabilities: with labels flipped on purpose (both
+    directions), the top of the ranking holds them."""
+    from tinlt.fit.outputs import label_issues
+
+    rng = np.random.default_rng(0)
+    target = np.repeat([0, 1], [120, 30])
+    probs = np.where(np.eye(2)[target] == 1, 0.9, 0.1) + rng.uniform(-0.05, 0.05, (150, 2))
+    probs /= probs.sum(1, keepdims=True)
+    flipped = np.array([3, 50, 77, 125, 140])
+    given = target.copy()
+    given[flipped] = 1 - given[flipped]
+    ranked, flagged = label_issues(probs, given)
+    assert set(ranked[:len(flipped)].tolist()) == set(flipped.tolist())
+    assert flagged[flipped].sum() >= 3 and flagged.sum() <= 8  # cleanlab's verdict: most flips, few others
+
+
+def test_a_killed_fit_restarts_where_it_stopped(colours, tmp_path):
+    out = tmp_path / "fit"
+    cmd = [sys.executable, "-m", "tinlt", "fit", "-c", str(colours / "base.yaml"), "--grid",
+           str(colours / "grid.yaml"), "--folds", "3", "--out", str(out), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("folds/*/metrics.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in out.glob("folds/*/metrics.json")}
+    assert len(done) >= 2
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # the finished folds were reused, not retrained
+    assert (out / "model" / "best.pt").is_file() and (out / "leaderboard.md").is_file()
+
+
+def test_two_classes_get_a_threshold_the_model_applies(tmp_path):
+    root = tmp_path
+    write_class_folders(root / "train", {"sound": 24, "rusty": 6}, {"sound": (200, 60, 60), "rusty": (60, 60, 200)},
+                        seed=0, spread=40)
+    write_class_folders(root / "test", {"sound": 4, "rusty": 4}, {"sound": (200, 60, 60), "rusty": (60, 60, 200)},
+                        seed=1, spread=40)
+    (root / "base.yaml").write_text(
+        "model: {name: tiny-vit}\n"
+        f"data: {{train: {{kind: folder, path: {root / 'train'}}}, test: {{kind: folder, path: {root / 'test'}}},"
+        " image_size: 32, num_workers: 0}\noptim: {name: adamw, lr: 1.0e-3, batch_size: 8, epochs: 1}\n"
+        "train: {eval_batch_size: 16, quiet: true, report: false}\n")
+    (root / "grid.yaml").write_text("cells:\n  - {name: probe, kind: baseline, overrides: [model.head=linear, "
+                                    "model.visual_attention=false, model.tune_image.method=frozen, "
+                                    "model.classifier_init=logistic, optim.epochs=0]}\n")
+    rec = _fit(root, tmp_path / "fit", "--target-recall", "0.8")
+    thr = rec["threshold"]
+    assert thr["recall"] >= 0.8 and thr["num_positive"] == 6 and rec["classnames"][thr["positive_class"]] == "rusty"
+    ckpt = torch.load(tmp_path / "fit" / "model" / "best.pt", weights_only=True)
+    assert ckpt["threshold"] == pytest.approx(thr["threshold"])
+    assert main(["predict", str(root / "test"), "--checkpoint", str(tmp_path / "fit" / "model"), "--out",
+                 str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    for r in rows:  # the decision is the threshold's, not argmax
+        assert r["prediction"]["class"] == ("rusty" if r["probs"]["rusty"] >= thr["threshold"] else "sound")
+
+
+def test_bad_fit_arguments_are_one_line(colours, tmp_path, capsys):
+    base = ["fit", "-c", str(colours / "base.yaml"), "--grid", str(colours / "grid.yaml"), "--out", str(tmp_path)]
+    for extra, needle in ((["--folds", "1"], "--folds"), (["--metric", "f1"], "--metric"),
+                          (["--budget", "later"], "--budget"), (["--target-recall", "1.5"], "--target-recall")):
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err and "Traceback" not in err
