@@ -148,3 +148,53 @@ def test_the_newcomers_path(clamps, tmp_path, capsys):
     assert all(r["prediction"] == ("rusty clamp" if float(r["p_rusty clamp"]) >= cal["threshold"] else "sound clamp")
                for r in ranked)
     assert ranked[0]["class_1"] in NAMES and "p_sound clamp" in ranked[0]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FAST_GRID = """cells:
+  - {name: tin, kind: tin, overrides: [optim.epochs=2]}
+  - {name: probe, kind: baseline, overrides: [model.head=linear, model.visual_attention=false,
+     model.tune_image.method=frozen, model.classifier_init=logistic, optim.epochs=0]}
+"""
+
+
+def _readme_commands() -> list[str]:
+    """The own-data section's shell block, as printed in the README."""
+    text = README.read_text()
+    section = text[text.index("## Using tinlt on your own data"):]
+    block = section[section.index("Then five commands:"):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [ln.split("#")[0].strip() for ln in block.splitlines() if ln.startswith("tinlt ")]
+
+
+def test_the_readmes_five_commands_on_generated_folders(clamps, tmp_path, monkeypatch, capsys):
+    """Verbatim from the README, with /data/clamps pointing at generated folders and, for time,
+    tiny towers and a two-recipe grid on 3 folds appended to the fit command."""
+    import shlex
+
+    commands = _readme_commands()
+    assert [c.split()[1] for c in commands] == ["data", "fit", "eval", "predict", "report"]
+    data = tmp_path / "data"
+    (data / "new_photos").mkdir(parents=True)
+    (data / "clamps").symlink_to(clamps)
+    for p in sorted((clamps / "test" / "rusty_clamp").glob("*.png"))[:5]:
+        (data / "new_photos" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "fast.yaml").write_text(FAST_GRID)
+    monkeypatch.chdir(tmp_path)
+    for cmd in commands:
+        argv = shlex.split(cmd.replace("/data/", f"{data}/"))[1:]
+        if argv[0] == "fit":
+            argv += ["--grid", "fast.yaml", "--folds", "3", "-q", *[a for a in FAST if a.startswith(("model.",
+                     "data.", "optim.batch", "optim.lr"))], "data.num_workers=0"]
+        if argv[0] == "predict":
+            argv = [a if a != "rusty" else "rusty clamp" for a in argv]  # the README's class is "rusty"
+        assert main(argv) == 0, cmd
+    out = capsys.readouterr().out
+    fit = json.loads((tmp_path / "runs/clamps/fit.json").read_text())
+    assert fit["threshold"]["recall"] >= 0.9 and fit["train_images"] == 135
+    model = tmp_path / "runs/clamps/model"
+    m = json.loads((model / "eval" / "metrics.json").read_text())
+    assert m["at_threshold"]["threshold"] == pytest.approx(fit["threshold"]["threshold"])
+    ranked = _rows(tmp_path / "ranked.csv")
+    assert len(ranked) == 5 and [float(r["p_rusty clamp"]) for r in ranked] == sorted(
+        (float(r["p_rusty clamp"]) for r in ranked), reverse=True)
+    assert (model / "eval" / "report" / "index.html").is_file() and "fit:" in out

@@ -23,6 +23,7 @@ def register(subparsers) -> dict:
     p.add_argument("--test-folder", default=None, help="with --train-folder: the test tree (for tinlt eval)")
     p.add_argument("--out", default="runs/fit", help="the fit folder (default: runs/fit)")
     p.add_argument("--grid", default="grids/fit_default", help="the recipes: a grid file")
+    p.add_argument("--only", default=None, help="comma-separated recipes of the grid to compare (default: all)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--metric", default="per_class",
                    help="per_class (mean per-class accuracy), balanced_accuracy, auc, or recall@P (two classes)")
@@ -44,7 +45,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     out = Path(a.out)
     config = a.config or str(folder_config(a.train_folder, a.test_folder, out.resolve()))
     record = run_fit(config, out, grid=a.grid, folds=a.folds, metric=a.metric, target_recall=a.target_recall,
-                     budget=a.budget, overrides=a.overrides, launch=launch_options(a), quiet=a.quiet)
+                     budget=a.budget, overrides=a.overrides, launch=launch_options(a), quiet=a.quiet,
+                     only=[n.strip() for n in a.only.split(",") if n.strip()] if a.only else None)
     print((out / "leaderboard.md").read_text())
     print(f"model: {record['model']}  (tinlt eval --checkpoint {record['model']} scores the test split)")
     return 0

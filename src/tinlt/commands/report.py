@@ -34,11 +34,25 @@ def _cmd_report(a) -> int:
     from pathlib import Path
 
     from ..engine.run_folder import RunFolder
+    from ..fit.outputs import PAGE
+    from ..fit.plan import MODEL_DIR
+    from ..fit.run import FIT_JSON
     from ..report import build_report
     from ..report.sweep_page import RESULTS, build_sweep_report
 
     folder = Path(a.run_dir)
-    is_sweep = not RunFolder(folder).metrics_path.is_file() and (
+    run = RunFolder(folder)
+    if (folder / FIT_JSON).is_file():  # a fit folder: its page is written by fit; the report is the model's
+        print(f"fit: {folder / PAGE}")
+        folder, run = folder / MODEL_DIR, RunFolder(folder / MODEL_DIR)
+    if run.metrics_path.is_file() and (run.read_metrics() or {}).get("split", "test") is None:
+        scored = RunFolder(run.eval_dir)
+        if not scored.metrics_path.is_file():  # a model trained blind: nothing scored yet
+            from ..errors import TinltError
+
+            raise TinltError(f"{folder}: nothing scored yet; run tinlt eval --checkpoint {folder} first")
+        folder, run = scored.path, scored
+    is_sweep = not run.metrics_path.is_file() and (
         (folder / RESULTS).is_file() or any(folder.glob(f"*/{RESULTS}")))
     dest = build_sweep_report(folder, out=a.out) if is_sweep else build_report(folder, out=a.out)
     print(f"report: {dest / 'index.html'}")

@@ -294,8 +294,8 @@ class _Run:
             record["best"] = (improved or cfg.train.best_checkpoint == "last") or None
         elif self.blind:
             record["best"] = True  # nothing scored: the last epoch is the model
-            if 0 < cfg.train.early_stopping <= self.stale_evals and not last_epoch:
-                last_epoch = record["stopped_early"] = True
+        if 0 < cfg.train.early_stopping <= self.stale_evals and not last_epoch:
+            last_epoch = record["stopped_early"] = True
         record = {k: v for k, v in record.items() if v is not None}
         record["grad_ratio"] = self.grad_ratio.ratio().tolist()
         self.history.append(record)

@@ -93,7 +93,7 @@ def advance(scores: dict, walls: dict, folds: int, budget: Optional[tuple[str, f
 def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: int = 5, metric: str = "per_class",
             target_recall: Optional[float] = None, budget: Optional[str] = None, overrides: Sequence[str] = (),
             launch: Optional[LaunchOptions] = None, quiet: bool = False, bootstrap: int = oof.BOOTSTRAP,
-            log=print) -> dict:
+            only: Optional[Sequence[str]] = None, log=print) -> dict:
     """Run the whole fit (see the module doc) into ``out``; returns fit.json's record."""
     from ..data.build import build_split
 
@@ -104,6 +104,14 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
     cells = recipes(grid, config, overrides)
+    if only:
+        from ..errors import did_you_mean
+
+        names = [c.name for c in cells]
+        for n in only:
+            if n not in names:
+                raise TinltError(f"--only: no recipe '{n}' in {grid}{did_you_mean(n, names)}")
+        cells = [c for c in cells if c.name in only]
     base = cells[0].cfg
     train = build_split(base.data.train, where="data.train")
     counts = train.class_counts()
