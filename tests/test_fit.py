@@ -287,3 +287,33 @@ def test_bad_fit_arguments_are_one_line(colours, tmp_path, capsys):
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_the_probes_c_is_the_best_on_inner_folds_by_scikit_learn():
+    """C is chosen on inner stratified folds by the logit-adjusted balanced accuracy of the pooled
+    predictions; recomputed here with cross_val_predict and balanced_accuracy_score, each C fitted cold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from tinlt.engine.classifier_init import PROBE_CS, solve_probe
+
+    rng = np.random.default_rng(3)
+    counts = np.array([60, 20, 6])
+    labels = np.repeat(np.arange(3), counts)
+    means = rng.normal(0, 0.6, (3, 40))  # weak signal in 40 dimensions: the penalty matters
+    feats = means[labels] + rng.normal(0, 1, (len(labels), 40)) * rng.uniform(0.5, 3, 40)
+    z = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=7)
+    prior = np.log(counts / counts.sum())
+    scores = []
+    for c in PROBE_CS:
+        logits = cross_val_predict(LogisticRegression(C=c, max_iter=5000, tol=1e-8), z, labels, cv=folds,
+                                   method="decision_function")
+        scores.append(balanced_accuracy_score(labels, (logits - prior).argmax(1)))
+    assert len(set(np.round(scores, 6))) > 2  # the choice is informative on this data
+    best = PROBE_CS[int(np.argmax(scores))]  # argmax: the first (smallest) C among ties
+    weight, bias, c, how = solve_probe(feats.astype(np.float32), labels, 3, seed=7)
+    assert c == best and "5 inner folds" in how
+    ref = LogisticRegression(C=best, max_iter=5000, tol=1e-8).fit(z, labels).decision_function(z)
+    np.testing.assert_allclose(feats @ weight.T.astype(np.float64) + bias, ref, rtol=1e-3, atol=5e-3)  # float32 rows

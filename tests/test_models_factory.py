@@ -170,3 +170,18 @@ def test_freeze_token_embeddings_fixes_only_the_vocabulary_table():
     frozen = [name for name, p in lean.named_parameters() if not p.requires_grad]
     assert frozen == [name for name in frozen if "token_embedding" in name] and frozen
     assert lean.text_tower is not None and lean.logit_scale.requires_grad
+
+
+def test_embed_dim_zero_needs_a_head_without_text_rows():
+    """Without a projection the offline towers give 1280-d images and 384-d prompts: a text head or a
+    text-initialised cosine head cannot compare them (one-line error naming the key); a linear head can."""
+    towers = {"name": "effnet-lite0-minilm", "embed_dim": 0, "pretrained_image": False, "pretrained_text": False,
+              "visual_attention": False}
+    for head in ("text", "cosine"):
+        with pytest.raises(TinltError, match=r"model.embed_dim = 0: the image tower gives 1280-d .* text tower 384-d"):
+            create_model({**towers, "head": head}, CLASSES)
+    model = create_model({**towers, "head": "linear"}, CLASSES).eval()
+    weights = [p for n, p in model.named_parameters() if p.ndim == 2 and p.shape[0] == len(CLASSES)]
+    assert [tuple(w.shape) for w in weights] == [(2, 1280)]
+    with torch.no_grad():
+        assert model(torch.randn(3, 3, 64, 64)).shape == (3, 2)

@@ -335,13 +335,33 @@ def test_text_grad_checkpointing_keeps_gradients(towers):
 
 def test_builder_accepts_dict_and_rejects_bad_embed_dim():
     builder = registry.get_builder("effnet-lite0-minilm")
-    with pytest.raises(TinltError, match="model.embed_dim"):
-        builder({"embed_dim": 0})
+    for bad in (-1, 2.5, True):
+        with pytest.raises(TinltError, match="model.embed_dim"):
+            builder({"embed_dim": bad})
     image, text = builder({"embed_dim": 24, "pretrained_image": False, "pretrained_text": False,
                            "grad_checkpointing": True})
     assert image.output_dim == text.output_dim == 24
     assert image.trunk.grad_checkpointing
     assert any(getattr(m, "gradient_checkpointing", False) for m in text.bert.modules())
+
+
+def test_embed_dim_zero_keeps_each_towers_own_features():
+    """embed_dim 0: no projection, so the image embedding is the trunk's mean-pooled 1280 channels and the
+    text one sentence-transformers' 384-d mean pool, computed here by hand from the trunk and BERT."""
+    torch.manual_seed(0)
+    image, text = registry.get_builder("effnet-lite0-minilm")({"embed_dim": 0, "pretrained_image": False,
+                                                              "pretrained_text": False})
+    assert (image.output_dim, text.output_dim) == (1280, 384)
+    assert image.new_parameter_names() == set() == text.new_parameter_names()
+    image.eval(), text.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        by_hand = image.trunk.forward_features(x).mean(dim=(2, 3))
+        assert torch.allclose(image(x), by_hand, atol=1e-6)
+        tok = text.tokenize(["a photo of a boot", "a sandal"], truncate=True)
+        states = text.bert(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        mask = tok["attention_mask"].unsqueeze(-1).float()
+        assert torch.allclose(text(tok), (states * mask).sum(1) / mask.sum(1), atol=1e-5)
 
 
 def test_bucketed_prompts_match_the_padded_batch(towers):

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import load_extensions, schema
 from ..errors import TinltError, did_you_mean
 from . import registry
-from .heads import prompt_rows
+from .heads import head_class, prompt_rows
 from .tin import TIN
 from .tuning import tune_tower
 
@@ -97,6 +97,12 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
     sized = "image_size" in inspect.signature(builder).parameters or any(
         p.kind == p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
     image_tower, text_tower = builder(cfg, image_size=image_size) if sized else builder(cfg)
+    init = cfg.classifier_init or ("text" if cfg.head == "cosine" else "")
+    compares_text = head_class(cfg.head).needs_text or init == "text"
+    if compares_text and text_tower is not None and image_tower.output_dim != text_tower.output_dim:
+        raise TinltError(f"model.embed_dim = {cfg.embed_dim}: the image tower gives {image_tower.output_dim}-d "
+                         f"embeddings, the text tower {text_tower.output_dim}-d; comparing with text needs one "
+                         "shared space (a positive model.embed_dim, or a head without text rows)")
     model = TIN(
         image_tower,
         text_tower,
@@ -112,7 +118,6 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
         coop_ctx=cfg.coop.n_ctx,
         coop_position=cfg.coop.position,
     )
-    init = cfg.classifier_init or ("text" if cfg.head == "cosine" else "")
     if cfg.head != "text" and init == "text":  # the text tower is needed once, for the rows
         if text_tower is None:
             raise TinltError(f"model.classifier_init = 'text': model '{cfg.name}' has no text tower")

@@ -173,6 +173,16 @@ def create_efficientnet_lite(variant: str = "lite0", pretrained: bool = True, nu
     return model
 
 
+def _projection(width: int, embed_dim: int) -> nn.Module:
+    """The new layer into the shared space; ``embed_dim`` 0 keeps the tower's own width and pretrained
+    features (a probe on a random 1280 -> 256 projection loses what the trunk learnt)."""
+    if embed_dim == 0:
+        return nn.Identity()
+    proj = nn.Linear(width, embed_dim, bias=False)
+    nn.init.normal_(proj.weight, std=width**-0.5)
+    return proj
+
+
 class EfficientNetLiteTower(ImageTower):
     """EfficientNet-Lite trunk (up to conv_head+BN+ReLU6, 1280 channels) -> mean pool -> projection."""
 
@@ -182,13 +192,12 @@ class EfficientNetLiteTower(ImageTower):
         self.trunk = create_efficientnet_lite(variant, pretrained=pretrained, num_classes=0)
         cfg = self.trunk.pretrained_cfg  # preprocessing of the TF weights: (x - 127) / 128 ~ mean = std = 0.5
         self.feature_channels = int(self.trunk.num_features)
-        self.output_dim = int(embed_dim)
+        self.output_dim = int(embed_dim) or self.feature_channels
         self.image_mean = tuple(float(m) for m in cfg["mean"])
         self.image_std = tuple(float(s) for s in cfg["std"])
         self.image_size = int(cfg["input_size"][-1])
         # no bias: a shared offset only reduces the contrast of the L2-normalised embeddings
-        self.proj = nn.Linear(self.feature_channels, self.output_dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=self.feature_channels**-0.5)
+        self.proj = _projection(self.feature_channels, embed_dim)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(images)
@@ -258,9 +267,8 @@ class MiniLMTextTower(TextTower):
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.max_length = self._max_seq_length(model_dir)
         self.width = int(config.hidden_size)
-        self.output_dim = int(embed_dim)
-        self.proj = nn.Linear(self.width, self.output_dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=self.width**-0.5)
+        self.output_dim = int(embed_dim) or self.width
+        self.proj = _projection(self.width, embed_dim)
 
     def _load_weights(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -309,12 +317,12 @@ class MiniLMTextTower(TextTower):
         return tokens["input_ids"]
 
     def token_embeddings(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.bert.embeddings.word_embeddings(tokens["input_ids"].to(self.proj.weight.device))
+        return self.bert.embeddings.word_embeddings(tokens["input_ids"].to(self._device()))
 
     def encode_pooled(self, tokens: Mapping[str, torch.Tensor], embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(N, 384) mean-pooled token states, before the projection (sentence-transformers' embedding,
         unnormalised); ``embeddings`` replace the word embeddings (position and type ones still add)."""
-        device = self.proj.weight.device
+        device = self._device()
         ids = tokens["input_ids"].to(device)
         mask = tokens["attention_mask"].to(device)
         if embeddings is None:
@@ -326,6 +334,9 @@ class MiniLMTextTower(TextTower):
 
     def forward(self, tokens: Mapping[str, torch.Tensor], embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.proj(self.encode_pooled(tokens, embeddings))
+
+    def _device(self) -> torch.device:
+        return self.bert.embeddings.word_embeddings.weight.device
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         kwargs = {"use_reentrant": False}
@@ -363,8 +374,9 @@ def build_offline_towers(model_cfg: Any = None, image_size: Optional[int] = None
     """Registry builder: (image tower, text tower) from ``model.embed_dim / pretrained_* / grad_checkpointing``
     (any ``image_size`` works: the convolutions and the mean pool take any input size)."""
     embed_dim = _cfg_get(model_cfg, "embed_dim", 256)
-    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
-        raise TinltError(f"config key 'model.embed_dim' = {embed_dim!r}; expected a positive integer")
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 0:
+        raise TinltError(f"config key 'model.embed_dim' = {embed_dim!r}; expected a positive integer, "
+                         "or 0 for each tower's own width")
     image = EfficientNetLiteTower(variant, embed_dim=embed_dim, pretrained=bool(_cfg_get(model_cfg, "pretrained_image", True)))
     text = MiniLMTextTower(embed_dim=embed_dim, pretrained=bool(_cfg_get(model_cfg, "pretrained_text", True)))
     if _cfg_get(model_cfg, "grad_checkpointing", False):
