@@ -296,23 +296,167 @@ def test_sigterm_during_a_request_lets_it_finish(served):
     assert rc == -signal.SIGTERM and "Traceback" not in err, err[-2000:]
 
 
-def test_concurrency_limit_is_429(served):
-    s = Server(served[0], "--max-concurrency", "1")
+def test_concurrency_limit_is_429_once_a_body_is_complete(served):
+    """A slot is taken when a request's body has arrived: with one slot, a request whose model call
+    is held answers 200 later, a second complete request gets 429, and an upload still arriving
+    takes no slot (it gets its 200 once the first is done)."""
+    from starlette.testclient import TestClient
+
+    from tinlt.deploy.backends import open_model
+    from tinlt.deploy.serve import ServeConfig, create_app
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class Held:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+        def probs(self, batch):
+            entered.set()
+            assert gate.wait(30)
+            return self.backend.probs(batch)
+
+    ok = sorted(served[1].rglob("*.png"))[0]
+    results: dict = {}
+    with TestClient(create_app(lambda: Held(open_model(served[0])), ServeConfig(max_concurrency=1))) as client:
+        while client.get("/health").status_code != 200:
+            time.sleep(0.05)
+        first = threading.Thread(target=lambda: results.update(first=client.post("/v1/predict", files=_files([ok]))))
+        first.start()
+        assert entered.wait(30)  # the first request holds the only slot, inside the model
+        second = client.post("/v1/predict", files=_files([ok]))
+        assert second.status_code == 429 and "1 requests in progress" in second.json()["error"]
+        gate.set()
+        first.join(30)
+        assert results["first"].status_code == 200
+        assert client.post("/v1/predict", files=_files([ok])).status_code == 200  # the slot came back
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(data)
+    return s
+
+
+def _read_response(sock: socket.socket, timeout: float) -> tuple[int, dict]:
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = [int(v) for k, v in (h.split(b":", 1) for h in head.split(b"\r\n")[1:]) if k.lower() == b"content-length"]
+        if length and len(body) >= length[0]:
+            break
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _png_mode(mode: str, size: tuple[int, int], fmt: str = "PNG", fill=None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new(mode, size) if fill is None else Image.fromarray(fill)
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_hostile_requests_get_a_4xx_in_json_and_no_traceback(served):
+    """A corpus of requests an attacker controls, one of each kind the server was once broken by:
+    each is a 4xx with a one-line JSON error (or a 200 that ignores what it must), the server stays
+    up, and its log holds no traceback."""
+    s = Server(served[0], "--max-images", "4", "--max-pixels", "250000", "--max-image-mb", "0.25",
+               "--body-timeout-s", "2", "--header-timeout-s", "1")
+    ok_path = sorted(served[1].rglob("*.png"))[0]
+    ok = base64.b64encode(ok_path.read_bytes()).decode()
+    url = s.url + "/v1/predict"
+    nan = np.zeros((24, 24), np.float32)
+    nan[3, 4] = np.nan
+    cases = {  # name: (request kwargs, expected status, a word the error holds)
+        "topk NaN": (dict(content=b'{"images": ["%s"], "topk": NaN}' % ok.encode()), 422, "JSON"),
+        "topk 1e999 (inf)": (dict(content=b'{"images": ["%s"], "topk": 1e999}' % ok.encode()), 422, "topk"),
+        "topk 5000 digits": (dict(content=b'{"images": ["%s"], "topk": 1%s}' % (ok.encode(), b"0" * 5000)), 422, "JSON"),
+        "topk true": (dict(json={"images": [ok], "topk": True}), 422, "topk"),
+        "topk 2.5": (dict(json={"images": [ok], "topk": 2.5}), 422, "topk"),
+        "topk -1": (dict(json={"images": [ok], "topk": -1}), 422, "topk"),
+        "topk nested": (dict(json={"images": [ok], "topk": {"a": [1]}}), 422, "topk"),
+        "deep nesting": (dict(content=b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 422, "nested"),
+        "images an object": (dict(json={"images": {"a": 1}}), 422, "images"),
+        "image entries of every wrong type": (dict(json={"images": [1, None, {"name": {"x": 1}, "data": 5}]}), 422,
+                                              "base64"),
+        "not UTF-8": (dict(content=b'{"images": ["\xff\xfe"]}'), 422, "JSON"),
+        "multipart topk word": (dict(files=_files([ok_path]), data={"topk": "abc"}), 422, "topk"),
+        "multipart topk huge": (dict(files=_files([ok_path]), data={"topk": "9" * 40}), 422, "topk"),
+        "multipart without boundary": (dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+                                       422, "multipart"),
+        "16-bit image over the decoded-bytes limit": (
+            dict(files=[("image", ("deep.png", _png_mode("I;16", (400, 400)), "image/png"))]), 413, "MiB decoded"),
+        "truncated JPEG": (dict(files=[("image", ("cut.jpg", _png_mode("RGB", (300, 300), "JPEG")[:400],
+                                                  "image/jpeg"))]), 422, "truncated"),
+    }
     try:
-        ok = sorted(served[1].rglob("*.png"))[0]
-        body, ctype = _multipart(ok.name, ok.read_bytes())
-        result: dict = {}
-        started = threading.Event()
-        t = threading.Thread(target=_slow_post, args=(s.url + "/v1/predict", body, ctype, 0.15, result, started))
-        t.start()
-        assert started.wait(30)
-        time.sleep(0.3)  # the slow request is inside the handler now
-        r = httpx.post(s.url + "/v1/predict", files=_files([ok]))
-        assert r.status_code == 429 and "1 requests in progress" in r.json()["error"]
-        t.join(60)
-        assert result.get("status") == 200, result
+        for name, (kwargs, status, word) in cases.items():
+            if "content" in kwargs and "headers" not in kwargs:
+                kwargs["headers"] = {"content-type": "application/json"}
+            r = httpx.post(url, timeout=30, **kwargs)
+            assert r.status_code == status, (name, r.status_code, r.text[:300])
+            err = r.json()["error"]
+            assert word in err and "\n" not in err, (name, err)
+        # names are echoed without control characters; a huge top-k is cut to the classes
+        r = httpx.post(url, json={"images": [{"name": "a\nb\x1b[31m" + "x" * 5000, "data": ok}], "topk": 1000})
+        res = r.json()["results"][0]
+        assert r.status_code == 200 and len(res["topk"]) == 2
+        assert res["name"].startswith("a\\nb\\x1b[31m") and len(res["name"]) < 300
+        assert not any(ord(c) < 32 for c in res["name"])
+        # a float TIFF with a NaN pixel is read (NaN as 0), not a 500
+        r = httpx.post(url, files=[("image", ("nan.tif", _png_mode("F", (24, 24), "TIFF", nan), "image/tiff"))])
+        assert r.status_code == 200, r.text
+        # a Content-Length larger than the body: 408 once the body timeout passes
+        lie = _raw(s.port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 5000\r\n\r\n{\"images\": [")
+        status, body = _read_response(lie, 10)
+        assert status == 408 and "not complete 2 s after its headers" in body["error"]
+        lie.close()
+        # a client that hangs up mid-upload
+        gone = _raw(s.port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 5000\r\n\r\n{\"images\": [")
+        time.sleep(0.2)
+        gone.close()
+        # headers that never finish (slowloris): the connection is closed after the header timeout
+        slow = _raw(s.port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+        slow.settimeout(10)
+        t0 = time.monotonic()
+        assert slow.recv(100) == b"" and time.monotonic() - t0 < 5
+        slow.close()
+        assert httpx.post(url, files=_files([ok_path])).status_code == 200  # still serving
     finally:
-        s.stop()
+        rc, out, err = s.stop()
+    assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+
+
+def test_stalled_uploads_do_not_starve_other_clients(served):
+    """64 clients that send headers and a few bytes of body, then nothing: a normal client's request
+    is still answered 200 within 1 s (uploads take no concurrency slot until their body is complete)."""
+    s = Server(served[0], "--max-concurrency", "64")
+    ok = sorted(served[1].rglob("*.png"))[0]
+    stalled = []
+    try:
+        for _ in range(64):
+            stalled.append(_raw(s.port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                        b"Content-Length: 100000\r\n\r\n{\"images\": ["))
+        time.sleep(0.5)  # every stalled request is inside the server now
+        t0 = time.monotonic()
+        r = httpx.post(s.url + "/v1/predict", files=_files([ok]), timeout=30)
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and took < 1.0, (r.status_code, took)
+    finally:
+        for sock in stalled:
+            sock.close()
+        rc, out, err = s.stop()
+    assert "Traceback" not in err, err[-3000:]
 
 
 def test_health_is_503_until_the_model_is_loaded(served):

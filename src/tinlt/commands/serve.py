@@ -31,7 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     p.add_argument("--max-request-mb", type=float, default=32.0, help="request body limit (413 above it)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="per image, checked before decoding (413)")
     p.add_argument("--max-images", type=int, default=64, help="images per request (413 above it)")
-    p.add_argument("--max-concurrency", type=int, default=64, help="requests handled at once (429 above it)")
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="requests handled at once, counted once a body is complete (429 above it)")
+    p.add_argument("--max-image-mb", type=float, default=256.0,
+                   help="decoded size per image, width x height x bands x bytes per sample, from its header (413)")
+    p.add_argument("--max-uploads", type=int, default=256, help="request bodies being received at once (429 above it)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a request's line and headers must arrive within this (else the connection closes)")
+    p.add_argument("--body-timeout-s", type=float, default=30.0,
+                   help="a request's body must be complete this long after its headers (408)")
     p.add_argument("--topk", type=int, default=5, help="default top-k (a request may ask for another)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding and resizing images")
@@ -68,13 +76,19 @@ def _cmd_serve(a) -> int:
     from ..deploy.serve import ServeConfig, check_exposure, serve
     from ..errors import TinltError
 
-    for name in ("port", "max_batch", "max_images", "max_concurrency", "topk", "max_pixels"):
+    for name in ("port", "max_batch", "max_images", "max_concurrency", "topk", "max_pixels", "max_uploads"):
         if getattr(a, name) < 1:
             raise TinltError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("max_image_mb", "header_timeout_s", "body_timeout_s", "max_request_mb"):
+        value = getattr(a, name)
+        if not (value > 0 and value < float("inf")):
+            raise TinltError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
     cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key or os.environ.get(API_KEY_ENV) or None,
                       max_request_bytes=int(a.max_request_mb * 1024 * 1024), max_pixels=a.max_pixels,
                       max_images=a.max_images, max_concurrency=a.max_concurrency, max_batch=a.max_batch,
-                      max_wait_ms=a.max_wait_ms, topk=a.topk, preprocess_threads=a.decode_threads)
+                      max_wait_ms=a.max_wait_ms, topk=a.topk, preprocess_threads=a.decode_threads,
+                      max_image_bytes=int(a.max_image_mb * 1024 * 1024), max_uploads=a.max_uploads,
+                      header_timeout_s=a.header_timeout_s, body_timeout_s=a.body_timeout_s)
     check_exposure(cfg)  # before loading anything
     return serve(lambda: open_model(a.model, threads=a.threads), cfg, label=a.model, log_requests=a.access_log)
 

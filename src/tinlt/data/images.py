@@ -30,21 +30,44 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _WHITE = (255, 255, 255)
 
 
+_CHUNK_ROWS_PIXELS = 1 << 20  # float64 work in slices of ~1 MP: a 40 MP 16-bit image once took ~1 GB here
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Bytes of ``img``'s pixels once decoded at its mode (width x height x bands x bytes per sample),
+    known from the header alone."""
+    from PIL import ImageMode
+
+    try:
+        per_sample = int(ImageMode.getmode(img.mode).typestr[-1])
+    except (KeyError, ValueError):
+        per_sample = 4
+    return img.width * img.height * len(img.getbands()) * per_sample
+
+
 def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Scale 16/32-bit integer or float pixel values into 0..255."""
-    a = arr.astype(np.float64)
-    if mode.startswith("I;16"):
-        return np.round(a / 257.0).astype(np.uint8)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = a * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        scaled = a
-    elif lo >= 0.0 and hi <= 65535.0:  # 16-bit data opened as 32-bit 'I' (e.g. older Pillow PNGs)
-        scaled = a / 257.0
-    else:  # arbitrary range: stretch
-        scaled = (a - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    """Scale 16/32-bit integer or float pixel values into 0..255 (NaN as 0, infinities clipped),
+    working on slices so the float64 copies stay small."""
+    if mode.startswith("I;16"):  # round(a / 257) in integers: 257 is odd, so no value sits on a half
+        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    finite = np.isfinite(arr) if arr.dtype.kind == "f" else None
+    if finite is not None and not finite.all():
+        arr = np.where(finite, arr, 0)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    out = np.empty(arr.shape, dtype=np.uint8)
+    flat_in, flat_out = arr.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, _CHUNK_ROWS_PIXELS):
+        a = flat_in[start:start + _CHUNK_ROWS_PIXELS].astype(np.float64)
+        if mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scaled = a * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            scaled = a
+        elif lo >= 0.0 and hi <= 65535.0:  # 16-bit data opened as 32-bit 'I' (e.g. older Pillow PNGs)
+            scaled = a / 257.0
+        else:  # arbitrary range: stretch
+            scaled = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+        flat_out[start:start + _CHUNK_ROWS_PIXELS] = np.clip(np.round(scaled), 0, 255)
+    return out
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -83,13 +106,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(path: Union[str, os.PathLike, BinaryIO], draft_size: Optional[int] = None,
-               max_pixels: Optional[int] = None) -> Image.Image:
+               max_pixels: Optional[int] = None, max_bytes: Optional[int] = None) -> Image.Image:
     """Decode ``path`` (or an open binary file, e.g. an upload's bytes) to an upright RGB image.
 
     ``draft_size``: a JPEG at least twice this size on both sides is decoded at a reduced
     scale that keeps both sides >= ``draft_size`` (libjpeg DCT scaling: fast and small).
     Raises ``ValueError`` for an image over ``max_pixels`` (default :data:`MAX_PIXELS`) after
-    that reduction, before any pixel is decoded (decompression bombs), and whatever Pillow
+    that reduction or over ``max_bytes`` decoded (:func:`decoded_bytes`), before any pixel is
+    decoded (decompression bombs), and whatever Pillow
     raises for unreadable files (``OSError``, ``SyntaxError``, ...).
     """
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
@@ -103,5 +127,8 @@ def open_image(path: Union[str, os.PathLike, BinaryIO], draft_size: Optional[int
             w, h = img.size
             if w * h > limit:
                 raise ValueError(f"image is {w}x{h} = {w * h / 1e6:.3g} MP, over the {limit / 1e6:.3g} MP limit")
+            if max_bytes is not None and decoded_bytes(img) > max_bytes:
+                raise ValueError(f"image is {w}x{h} in mode {img.mode}: {decoded_bytes(img) / 2**20:.4g} MiB "
+                                 f"decoded, over the {max_bytes / 2**20:.4g} MiB limit")
             img.load()
     return to_rgb(img)

@@ -66,6 +66,12 @@ class ServeConfig:
     topk: int = 5
     preprocess_threads: int = 2  # image decoding and resizing, off the event loop
     graceful_s: float = 30.0  # SIGTERM: how long in-flight requests get to finish
+    # decoded size per image (width x height x bands x bytes per sample), checked from the header: with
+    # --decode-threads images decoding at once this bounds the decoders' memory (a 40 MP 16-bit RGB PNG is 240 MB)
+    max_image_bytes: int = 256 * 1024 * 1024
+    header_timeout_s: float = 10.0  # a connection's request line and headers must arrive within this
+    body_timeout_s: float = 30.0  # a body must be complete this long after its headers (408), before it takes a slot
+    max_uploads: int = 256  # bodies being received at once; more get 429 (each holds at most max_request_bytes)
 
 
 def is_loopback(host: str) -> bool:
@@ -150,17 +156,33 @@ class _Metrics:
         return generate_latest(self.registry)
 
 
+class _ClientGone(Exception):
+    """The client hung up before its body was complete: nobody to answer, nothing to log."""
+
+
 class _RequestError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
+MAX_NAME = 256  # characters of a client's image name kept in answers
+
+
+def clean_name(name: Any, default: str) -> str:
+    """A client's image name as answers carry it: text, control characters shown as escapes, at
+    most :data:`MAX_NAME` characters (a name is echoed back and logged, never trusted)."""
+    if not isinstance(name, str) or not name:
+        return default
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name[:MAX_NAME])
+    return out + ("..." if len(name) > MAX_NAME else "")
+
+
 def _decode_b64(item: Any, i: int) -> tuple[str, Any]:
     """(name, bytes or a _RequestError-like (status, reason)) of one JSON image entry."""
     name, data = f"image {i}", item
     if isinstance(item, dict):
-        name, data = str(item.get("name") or name), item.get("data")
+        name, data = clean_name(item.get("name"), name), item.get("data")
     if not isinstance(data, str):
         return name, (422, "expected base64 text (a string, or {\"name\", \"data\"})")
     try:
@@ -184,7 +206,7 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
     from .card import model_card
 
     metrics = _Metrics()
-    state: dict[str, Any] = {"backend": None, "card": None, "error": None, "in_flight": 0}
+    state: dict[str, Any] = {"backend": None, "card": None, "error": None, "in_flight": 0, "uploads": 0}
     pre_pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, cfg.preprocess_threads),
                                                      thread_name_prefix="tinlt-decode")
     batcher = MicroBatcher(lambda batch: state["backend"].probs(batch), max_batch=cfg.max_batch,
@@ -261,11 +283,29 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
             return answer("/metrics", 401, {"error": why}, t0)
         return answer("/metrics", 200, metrics.text(), t0, media="text/plain; version=0.0.4; charset=utf-8")
 
+    async def read_body(request: Request) -> bytes:
+        """The whole body, complete within ``body_timeout_s`` of the headers (408 after it: a stalled
+        upload, or a Content-Length larger than what is sent)."""
+        deadline = time.monotonic() + cfg.body_timeout_s
+        chunks, more = [], True
+        while more:
+            try:
+                msg = await asyncio.wait_for(request.receive(), timeout=max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise _RequestError(408, f"request body not complete {cfg.body_timeout_s:g} s after its headers "
+                                         "(a stalled upload, or a Content-Length larger than the body)") from None
+            if msg["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunks.append(msg.get("body", b""))
+            more = bool(msg.get("more_body", False))
+        return b"".join(chunks)
+
     async def read_images(request: Request) -> tuple[list[tuple[str, Any]], int]:
         """[(name, bytes | (status, reason))] in request order, and the top-k asked for."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         topk = cfg.topk
         if ctype == "multipart/form-data":
+            from starlette.exceptions import HTTPException
             from starlette.formparsers import MultiPartException
 
             try:
@@ -276,20 +316,27 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
                 if "files" in msg.lower():
                     raise _RequestError(413, f"more than {cfg.max_images + 1} images in the request, over the limit of "
                                              f"{cfg.max_images}")
-                raise _RequestError(422, f"malformed multipart body: {msg}")
+                raise _RequestError(422, f"malformed multipart body: {_first_line(e)}")
+            except HTTPException as e:  # starlette's 400 text/plain, e.g. no boundary: our documented JSON 422
+                raise _RequestError(422, f"malformed multipart body: {_first_line(Exception(e.detail))}") from None
+            except (KeyError, ValueError, UnicodeDecodeError) as e:  # a part's bad header
+                raise _RequestError(422, f"malformed multipart body ({type(e).__name__}: {_first_line(e)})") from None
             items = []
             for field, value in form.multi_items():
                 if hasattr(value, "read"):
-                    items.append((value.filename or field, await value.read()))
+                    items.append((clean_name(value.filename, clean_name(field, f"image {len(items)}")),
+                                  await value.read()))
                 elif field == "topk":
                     topk = _topk(value)
             await form.close()
             return items, topk
         if ctype == "application/json":
             try:
-                body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise _RequestError(422, f"request body is not valid JSON ({e})")
+                body = json.loads(await request.body(), parse_constant=_no_constant)
+            except RecursionError:
+                raise _RequestError(422, "request body is JSON nested too deeply") from None
+            except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+                raise _RequestError(422, f"request body is not valid JSON ({_first_line(e)})") from None
             if not isinstance(body, dict) or not isinstance(body.get("images"), list):
                 raise _RequestError(422, 'expected a JSON object {"images": [base64, ...]}')
             if "topk" in body:
@@ -302,21 +349,46 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
                                  "application/json ({\"images\": [base64, ...]})")
 
     def prepare(data: bytes) -> np.ndarray:
-        img = open_image(io.BytesIO(data), max_pixels=cfg.max_pixels)
-        return state["backend"].preprocess(img)
+        img = open_image(io.BytesIO(data), max_pixels=cfg.max_pixels, max_bytes=cfg.max_image_bytes)
+        big = img.width * img.height >= BIG_IMAGE_PIXELS
+        out = state["backend"].preprocess(img)
+        del img
+        if big:
+            release_memory()
+        return out
 
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
-        early = refused(request, "/v1/predict", t0, "the model is not loaded yet (GET /health)")
+        route = "/v1/predict"
+        early = refused(request, route, t0, "the model is not loaded yet (GET /health)")
         if early is not None:
             return early
+        # the body first, outside the concurrency slots: a slow or stalled upload holds only its own
+        # connection, and a request takes a slot once there is work to do
+        if state["uploads"] >= cfg.max_uploads:
+            return answer(route, 429, {"error": f"{cfg.max_uploads} request bodies being received (the limit); "
+                                                "retry shortly"}, t0)
+        state["uploads"] += 1
+        try:
+            body = await read_body(request)
+        except _TooLarge as e:
+            return answer(route, 413, {"error": str(e)}, t0)
+        except _RequestError as e:
+            return answer(route, e.status, {"error": e.reason}, t0)
+        except _ClientGone:
+            return answer(route, 499, {"error": "the client closed the connection"}, t0)  # nginx's code; unsent
+        finally:
+            state["uploads"] -= 1
         if state["in_flight"] >= cfg.max_concurrency:
-            return answer("/v1/predict", 429, {"error": f"{cfg.max_concurrency} requests in progress (the limit); "
-                                                        "retry shortly"}, t0)
+            return answer(route, 429, {"error": f"{cfg.max_concurrency} requests in progress (the limit); "
+                                                "retry shortly"}, t0)
         state["in_flight"] += 1
         metrics.in_flight.inc()
         try:
-            return await _predict(request, t0)
+            return await _predict(Request(request.scope, _replay(body)), t0)
+        except Exception as e:  # noqa: BLE001 - a server bug: one line in the log, a JSON 500 to the client
+            print(f"tinlt serve: error: {route}: {type(e).__name__}: {_first_line(e)}", file=sys.stderr, flush=True)
+            return answer(route, 500, {"error": "internal error (logged by the server)"}, t0)
         finally:
             state["in_flight"] -= 1
             metrics.in_flight.dec()
@@ -373,24 +445,114 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
     return _BodyLimit(app, cfg.max_request_bytes)
 
 
+BIG_IMAGE_PIXELS = 8_000_000  # after decoding an image this large, unused heap goes back to the system
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the system (glibc's malloc_trim): without it a process that
+    decoded one huge image keeps its peak size while idle. A no-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
+def _replay(body: bytes):
+    """An ASGI receive that hands over a body already read, then reports the client gone."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
 def _why(e: Exception) -> str:
     """A decoder's complaint in one line, without object reprs."""
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
         return "not a format Pillow can identify"
+    if "truncated" in str(e).lower():  # never filled in with grey: a cut-off upload is refused
+        return "truncated: the file ends before the image does"
     first = (str(e).splitlines() or [""])[0]
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
+MAX_TOPK = 1_000_000  # beyond any class count; top-k is cut to the model's classes
+
+
 def _topk(value: Any) -> int:
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        raise _RequestError(422, f"topk = {value!r}: expected a positive integer") from None
-    if k < 1:
-        raise _RequestError(422, f"topk = {k}: expected a positive integer")
-    return k
+    """A JSON integer or a form field's digits, 1..MAX_TOPK (no bools, floats, NaN or 5,000-digit numbers)."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 7:
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOPK:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise _RequestError(422, f"topk = {shown}: expected an integer from 1 to {MAX_TOPK:,}")
+    return value
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers: a connection that
+    opens and sends nothing, or dribbles its headers (slowloris), is closed after ``seconds``.
+    uvicorn times out only idle keep-alive connections, and its --limit-concurrency answers 503."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:  # headers in: the app has it
+                self._disarm()
+            else:
+                self._arm()  # waiting for (the rest of) a request's headers
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(seconds, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11
 
 
 def serve(load: Callable[[], Any], cfg: ServeConfig, *, label: str = "", log_requests: bool = False) -> int:
@@ -414,7 +576,8 @@ def serve(load: Callable[[], Any], cfg: ServeConfig, *, label: str = "", log_req
 
     app = create_app(load, cfg, on_ready=ready, on_load_error=load_error)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=log_requests,
-                            lifespan="on", timeout_graceful_shutdown=cfg.graceful_s)
+                            lifespan="on", timeout_graceful_shutdown=cfg.graceful_s,
+                            http=header_timeout_protocol(cfg.header_timeout_s))
     server = uvicorn.Server(config)
     try:
         server.run()
