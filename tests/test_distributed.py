@@ -67,3 +67,34 @@ def test_two_processes_match_one(dataset, tmp_path):
     assert sorted(m2["predictions"]["index"]) == list(range(9))
     assert m1["confusion"] == m2["confusion"]
     assert m1["overall"] == pytest.approx(m2["overall"])
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_two_processes_with_100_classes_reach_metrics_and_report(tmp_path):
+    """Rank 0 keeps per-class probabilities for predictions.csv (up to 100 classes); every rank
+    must join the same gathers, or the final test hangs up ("Connection closed by peer")."""
+    from conftest import write_class_folders
+
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    names = [f"c{i:03d}" for i in range(100)]
+    rng = np.random.default_rng(0)
+    colours = {n: tuple(int(v) for v in rng.integers(0, 256, 3)) for n in names}
+    write_class_folders(tmp_path / "train", {n: 1 + (i < 10) for i, n in enumerate(names)}, colours, rng=rng, size=(12, 12))
+    write_class_folders(tmp_path / "test", {n: 1 + (i == 0) for i, n in enumerate(names)}, colours, rng=rng, size=(12, 12))
+    out = tmp_path / "run"
+    args = [a for a in common_args(out, epochs=1) if a != "train.report=false"]
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29534", "-m", "tinlt", "train", *args,
+                        *split_args("folder", tmp_path), "data.augment=none", "train.report=true"],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_samples"] == 101 and sorted(m["predictions"]["index"]) == list(range(101))
+    import csv as csv_mod
+
+    rows = list(csv_mod.DictReader(open(out / "predictions.csv", newline="")))
+    assert len(rows) == 101 and {f"p_{n}" for n in names} <= set(rows[0])
+    # each row's probabilities are its own image's: a distribution whose argmax is the predicted class
+    for row in rows:
+        p = np.array([float(row[f"p_{n}"]) for n in names])
+        assert p.sum() == pytest.approx(1.0, abs=1e-3) and names[int(p.argmax())] == row["predicted"]
+    assert (out / "report.html").is_file() or any(out.glob("report*"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -67,6 +68,17 @@ def all_gather_arrays(a: np.ndarray) -> np.ndarray:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, a)
     return np.concatenate(out, axis=0)
+
+
+def all_gather_optional(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """:func:`all_gather_arrays` for what a rank may not have kept: None where any rank has None.
+    Every rank joins the gather whatever it kept; a gather that only some ranks enter ends the
+    run ("Connection closed by peer"), as it did when only rank 0 kept scores for predictions.csv."""
+    if not is_dist():
+        return a
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, a)
+    return None if any(o is None for o in out) else np.concatenate(out, axis=0)
 
 
 def barrier() -> None:

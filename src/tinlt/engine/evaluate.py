@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..metrics import compute_metrics, confusion_matrix
 from .device import autocast_for
-from .distributed import all_gather_arrays, all_reduce_numpy
+from .distributed import all_gather_arrays, all_gather_optional, all_reduce_numpy
 from .progress import progress
 
 
@@ -95,8 +95,9 @@ def predict_loader(
         targets=all_gather_arrays(targets),
         preds=all_gather_arrays(preds),
         confidence=all_gather_arrays(cat(conf_l, np.float32)),
-        scores=all_gather_arrays(scores) if scores is not None else None,
+        scores=all_gather_optional(scores),
     )
+
 
 
 def metrics_from_predictions(pred: Predictions, *, groups, classnames, train_counts) -> dict:

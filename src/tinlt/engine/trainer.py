@@ -33,7 +33,7 @@ from .distributed import barrier, cleanup
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
 from .hooks import TrainContext, call_hooks
-from .inference import banner, epoch_line, evaluate, scores_line
+from .inference import CSV_CLASS_COLUMNS, banner, epoch_line, evaluate, scores_line
 from .classifier_init import init_classifier
 from .loaders import epoch_order, eval_loader, eval_transform, make_transforms, train_dataset, train_loader
 from .optim import back_off, build_optimizer, build_scheduler, effective_lr, non_finite, step_counts
@@ -345,7 +345,8 @@ class _Run:
         split = "test" if final is self.data.test else self.data.eval_name
         metrics = evaluate(self.model, final, self.cfg, self.data, device=self.device, dist_info=self.dist,
                            desc=split, features=self.eval_features, transform=self.eval_tf,
-                           csv=self.run.predictions_path if self.main else None)
+                           csv=self.run.predictions_path if self.main else None,
+                           keep_scores_up_to=CSV_CLASS_COLUMNS)  # on every rank: they all join the score gather
         metrics.update(train_time_s=round(time.time() - start_time, 1), split=split,
                        **({"selection": chosen} if chosen else {}))
         if self.main:
