@@ -98,3 +98,21 @@ def test_two_processes_with_100_classes_reach_metrics_and_report(tmp_path):
         p = np.array([float(row[f"p_{n}"]) for n in names])
         assert p.sum() == pytest.approx(1.0, abs=1e-3) and names[int(p.argmax())] == row["predicted"]
     assert (out / "report.html").is_file() or any(out.glob("report*"))
+
+    # resumed in one process, the shards, steps and schedule would change: refused in one line
+    r1 = subprocess.run([sys.executable, "-m", "tinlt", "train", "--resume", str(out / "last.pt"), "optim.epochs=2"],
+                        env=_env(), capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 2 and "Traceback" not in r1.stderr, r1.stderr[-2000:]
+    assert "2 process(es) at global batch 8" in r1.stderr and "1 at global batch 4" in r1.stderr
+    assert "torchrun --nproc_per_node 2 -m tinlt train --resume" in r1.stderr
+
+
+def test_the_resume_hint_is_the_command_that_ran():
+    from tinlt.engine.resume import resume_command
+
+    assert resume_command("r/last.pt", {}) == "tinlt train --resume r/last.pt"
+    two = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0"}
+    assert resume_command("r/last.pt", two) == "torchrun --nproc_per_node 2 -m tinlt train --resume r/last.pt"
+    assert resume_command("r/last.pt", {**two, "RANK": "1"}) is None  # said once, by rank 0
+    nodes = {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "0"}
+    assert resume_command("p", nodes) == "torchrun --nnodes 2 --nproc_per_node 4 -m tinlt train --resume p"

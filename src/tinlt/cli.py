@@ -61,7 +61,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("tinlt: interrupted", file=sys.stderr)
         return 130
     except Interrupted as e:
-        print(f"tinlt: {e}; continue with: tinlt train --resume {e.path}", file=sys.stderr)
+        from .engine.resume import resume_command
+
+        if (hint := resume_command(e.path)) is not None:  # under torchrun: rank 0 says it, once
+            print(f"tinlt: {e}; continue with: {hint}", file=sys.stderr)
         return 128 + e.signum
     finally:
         if trust:  # for this command only

@@ -126,3 +126,34 @@ def check_data(ckpt: dict, classnames, train_counts) -> None:
     if before != now:  # e.g. a file went bad and is now skipped
         print(f"tinlt: warning: training data changed since the checkpoint (class counts {before} -> {now}); "
               "the resumed run will differ from an uninterrupted one", file=sys.stderr)
+
+
+def check_world(ckpt: dict, world_size: int, global_batch: int) -> None:
+    """Refuse to resume in another number of processes or another global batch: the shards, the
+    steps per epoch and the schedule would all change (a 2-process run resumed in 1 process went
+    from global batch 8 to 4 and from 195 to 325 steps, and said nothing). Checkpoints written
+    before these were recorded are not checked."""
+    was_world, was_batch = ckpt.get("world_size"), ckpt.get("global_batch")
+    if was_world is None or (was_world == world_size and was_batch == global_batch):
+        return
+    how = (f"torchrun --nproc_per_node {was_world} -m tinlt train --resume ..." if was_world > 1
+           else "tinlt train --resume ... (one process, without torchrun)")
+    raise TinltError(f"--resume: the checkpoint was written by {was_world} process(es) at global batch {was_batch}, "
+                     f"this run has {world_size} at global batch {global_batch}; resume as it ran: {how}")
+
+
+def resume_command(path, environ=None) -> Optional[str]:
+    """The command that continues an interrupted run as it ran: under torchrun (its WORLD_SIZE /
+    LOCAL_WORLD_SIZE in ``environ``) a torchrun line with the same processes, said by rank 0 only
+    (None on the other ranks); else ``tinlt train --resume``."""
+    import os
+
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return f"tinlt train --resume {path}"
+    if int(env.get("RANK", "0") or 0) != 0:
+        return None
+    local = int(env.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    nodes = f"--nnodes {world // local} " if world > local else ""
+    return f"torchrun {nodes}--nproc_per_node {local} -m tinlt train --resume {path}"

@@ -38,7 +38,7 @@ from .classifier_init import init_classifier
 from .loaders import epoch_order, eval_loader, eval_transform, make_transforms, train_dataset, train_loader
 from .optim import back_off, build_optimizer, build_scheduler, effective_lr, non_finite, step_counts
 from .progress import LogTicker, echo, progress, quiet_while
-from .resume import RETUNED, check_data, claim, load_resume, retune_optimizer
+from .resume import RETUNED, check_data, check_world, claim, load_resume, retune_optimizer
 from .run_folder import RunFolder, RunLock
 from .selection import record_selection, select_posthoc_tau, split_logits
 from .signals import StopRequest
@@ -103,6 +103,7 @@ class _Run:
         self.train_model = wrap_for_training(self.model, cfg, self.dist, self.device)
 
     def restore(self, ckpt: dict) -> None:
+        check_world(ckpt, self.dist.world_size, self.global_batch)
         configured = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
         ckpt_io.load_model_state(self.model, ckpt, where="--resume")
         for key, attr in _STATEFUL.items():
@@ -169,7 +170,7 @@ class _Run:
             **{key: getattr(self, key) for key in _COUNTERS},
             "scaler": self.scaler.state_dict() if self.use_scaler else None, "epoch_loss": (self.loss_sum, self.n_seen),
             "rng": ckpt_io.gather_rng_state(), "config": to_dict(self.cfg), "versions": ckpt_io.versions(),
-            **self.data.summary(),
+            "world_size": self.dist.world_size, "global_batch": self.global_batch, **self.data.summary(),
         }
 
     def save(self, best: bool = False) -> Path:
