@@ -398,3 +398,41 @@ def test_the_model_decides_the_backend_whichever_flag_names_it(setup, tmp_path):
     for x, y in zip(ra, rb):
         assert [t["class"] for t in x["topk"]] == [t["class"] for t in y["topk"]]
         assert x["probs"] == pytest.approx(y["probs"], abs=2e-4)
+
+
+def _tampered(src: Path, dst: Path, **meta) -> Path:
+    """A copy of an exported model with some metadata values replaced (JSON-encoded)."""
+    m = onnx.load(str(src))
+    for prop in m.metadata_props:
+        if prop.key in meta:
+            prop.value = json.dumps(meta[prop.key])
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_metadata_that_disagrees_with_the_graph_is_one_line_at_load(setup, tmp_path):
+    """Class names or an image size that the graph does not have: predict, mine and serve stop at
+    load time with one line and exit 2 (serve used to report ready, then answer 500 to everything)."""
+    import socket
+
+    root, _, _, _, out, _ = setup
+    pre = read_metadata(out)["preprocess"]
+    four = _tampered(out, tmp_path / "four.onnx", classnames=["a", "b", "c", "d"])
+    big = _tampered(out, tmp_path / "big.onnx", preprocess={**pre, "image_size": 48})
+    for bad, said in ((four, "the metadata names 4 classes"), (big, "48")):
+        for cmd in (["predict", str(root / "test"), "--model", str(bad)],
+                    ["mine", str(root / "test"), "--model", str(bad), "--out", str(tmp_path / f"mine-{bad.stem}")]):
+            proc = _run_blocked(cmd)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+            assert lines[0].startswith("tinlt: error:") and "metadata and graph disagree" in lines[0] and said in lines[0]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        proc = subprocess.run([sys.executable, "-m", "tinlt", "serve", str(bad), "--port", str(port)],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2 and "metadata and graph disagree" in proc.stderr and "Traceback" not in proc.stderr
+        assert "ready" not in proc.stdout
+    # the untouched file loads (the check is not simply refusing everything)
+    assert _run_blocked(["predict", str(root / "test"), "--model", str(out)]).returncode == 0

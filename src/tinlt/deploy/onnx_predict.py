@@ -71,6 +71,31 @@ class OnnxClassifier:
         thr_info = json.loads(self.metadata.get("threshold_info", "null") or "null")
         self.rule = threshold_rule(thr, thr_info, self.classnames)
         self.input_name = self.session.get_inputs()[0].name
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """The metadata must describe the graph: one float input of (N, 3, S, S) at the preprocessing's
+        size, (N, classes) logits out. A file whose names or size disagree with its graph made predict
+        end in a traceback and serve report ready and then answer 500 to every request; here it is one
+        line at load time. A one-image run checks what static shapes cannot (symbolic axes)."""
+        where, s, c = f"{self.path}: metadata and graph disagree", self.transform.image_size, len(self.classnames)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise TinltError(f"{where}: the graph has {len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1")
+        spec = inputs[0]
+        if spec.type != "tensor(float)":
+            raise TinltError(f"{where}: the input is {spec.type}, expected tensor(float)")
+        shape = list(spec.shape)
+        fixed = [d if isinstance(d, int) else None for d in shape]
+        if len(shape) != 4 or fixed[1] not in (None, 3) or any(d not in (None, s) for d in fixed[2:]):
+            raise TinltError(f"{where}: the input is {shape}, the metadata's preprocessing gives (N, 3, {s}, {s})")
+        try:
+            out = run(self.session, np.zeros((1, 3, s, s), np.float32))
+        except Exception as e:  # onnxruntime's own exception types
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TinltError(f"{where}: a (1, 3, {s}, {s}) input fails in the graph ({first[:200]})") from None
+        if out.ndim != 2 or out.shape != (1, c):
+            raise TinltError(f"{where}: the graph gives {tuple(out.shape)} for one image, the metadata names {c} classes")
 
     def meta(self, key: str, default: Any = None) -> Any:
         return json.loads(self.metadata[key]) if key in self.metadata else default
