@@ -292,3 +292,41 @@ def test_near_duplicates_collapse_onto_the_best_ranked_and_are_counted(colour_po
     assert page.count("near-duplicate(s)") == 1 and "+2 near-duplicate(s)" in page
     card = next(f for f in page.split("<figure>")[1:] if f"{keeper.name}<br>" in f.split("<figcaption>")[1])
     assert f"#{rows[str(keeper)]['rank']}</b>" in card and "+2 near-duplicate(s)" in card
+
+
+def test_hostile_names_stay_one_line_and_links_out_of_the_pool_are_not_read(tmp_path):
+    """A folder name with a newline, a file name with a terminal escape, a formula and bytes that
+    are not UTF-8: to_label.txt keeps one line per chosen image, CSV cells are never formulas, and
+    a file link that leads out of the pool is listed as not read, never scored or shown."""
+    import csv as csv_mod
+    import os
+
+    from tinlt.deploy.mine import mine
+
+    pool = tmp_path / "pool"
+    (pool / "evil\nrm -rf").mkdir(parents=True)
+    _img((200, 40, 40), 1).save(pool / "evil\nrm -rf" / "a.png")
+    _img((40, 200, 40), 2).save(pool / "\x1b[2Jclear.png")
+    _img((40, 40, 200), 3).save(pool / "=HYPERLINK(1).png")
+    raw = os.fsencode(str(pool)) + b"/caf\xe9.png"  # latin-1, not UTF-8
+    _img((120, 120, 120), 4).save(os.fsdecode(raw))
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    _img((10, 220, 220), 5).save(secret)
+    (pool / "link.png").symlink_to(secret)
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"stand-in")
+
+    rec = mine(pool, ColourModel(weights), tmp_path / "out", by="prob", dedupe=False, top=10, quiet=True)
+    assert rec["images"] == 5 and rec["scored"] == 4 and rec["unreadable"] == 1
+    lines = (tmp_path / "out" / "to_label.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and not any("\x1b" in line for line in lines)
+    assert any(line.endswith("evil\\nrm -rf/a.png") for line in lines) and any(line.endswith("caf\\xe9.png") for line in lines)
+    rows = list(csv_mod.DictReader(open(tmp_path / "out" / "ranked.csv", newline="", encoding="utf-8")))
+    assert len(rows) == 4 and "secret" not in (tmp_path / "out" / "ranked.csv").read_text()
+    for r in rows:  # a path never starts a formula, never carries a raw control character
+        assert r["path"][0] not in "=+-@\t\r" and r["path"].isprintable()
+    bad = list(csv_mod.DictReader(open(tmp_path / "out" / "unreadable.csv", newline="")))
+    assert [b["path"] for b in bad] == [str(pool / "link.png")] and "outside the pool" in bad[0]["reason"]
+    sheet = (tmp_path / "out" / "contact_sheet.html").read_text()
+    assert "secret" not in sheet and sheet.count("<figure>") == 4

@@ -17,7 +17,6 @@ Reads run folders through :mod:`tinlt.report` (``load_run``); writes nothing int
 
 from __future__ import annotations
 
-import csv
 import html
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from . import fileio
 from .errors import TinltError
+from .names import csv_writer
 from .plots import RUN_COLOURS, figure, save_figure, short, style
 from .report import RunView, load_run, operating_point, pct, table_html, table_md
 from .report.figures import MANY_CLASSES, binned_mean, count_axis
@@ -166,7 +166,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     import io
 
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     w.writerow(COMPARE_COLUMNS)
     for r in rows:
         w.writerow(["" if r.get(k) is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k])

@@ -63,7 +63,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    # a name that is not UTF-8 (lone surrogates) is written as an escape, never a crash mid-report
+    return write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:

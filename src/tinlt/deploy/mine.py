@@ -21,7 +21,6 @@ when their hashes differ in at most ``hash_distance`` bits. No torch on the ONNX
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -32,6 +31,7 @@ import numpy as np
 
 from .. import fileio
 from ..errors import TinltError
+from ..names import csv_writer, printable
 from .backend import collect_images, score_files
 
 RULES = ("prob", "margin", "entropy")
@@ -127,13 +127,15 @@ def mine(pool: str | Path, backend: Any, out: str | Path, *, cls: Optional[str] 
     if not pool.is_dir():
         raise TinltError(f"{pool}: not a folder (tinlt mine takes a folder tree of unlabeled images)")
     c = rare_class(backend, cls) if by == "prob" else (rare_class(backend, cls) if cls else None)
-    paths = collect_images([pool])
+    paths, outside = _inside(pool, collect_images([pool]))
+    if not paths:
+        raise TinltError(f"{pool}: every image in it is a link to outside the folder; tinlt mine reads only the pool")
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     names = list(backend.classnames)
     scored = score_files(backend, paths, batch_size=batch_size, quiet=quiet, desc="mine",
                          per_image=phash_bits if dedupe else None)
-    ok_paths, hashes, bad, P = scored.paths, [h or 0 for h in scored.extra], scored.bad, scored.probs
+    ok_paths, hashes, bad, P = scored.paths, [h or 0 for h in scored.extra], outside + scored.bad, scored.probs
     if not ok_paths:
         _write_bad(dest, bad)
         raise TinltError(f"{pool}: none of the {len(paths)} images could be read (reasons in "
@@ -155,13 +157,13 @@ def mine(pool: str | Path, backend: Any, out: str | Path, *, cls: Optional[str] 
     _write_csv(dest / "ranked.csv", rows, names)
     kept = [r for r in rows if r["rank"] != ""]
     chosen = kept[:top]
-    fileio.write_text(dest / "to_label.txt", "".join(f"{r['path']}\n" for r in chosen))
+    fileio.write_text(dest / "to_label.txt", "".join(f"{printable(r['path'])}\n" for r in chosen))  # one line each
     _write_bad(dest, bad)
     what = f"P({names[c]})" if by == "prob" else by
-    summary = (f"{len(paths)} images in {pool}: {len(ok_paths)} scored, {len(bad)} unreadable, {len(dup_of)} "
+    summary = (f"{len(paths) + len(outside)} images in {pool}: {len(ok_paths)} scored, {len(bad)} unreadable, {len(dup_of)} "
                f"near-duplicates collapsed; ranked by {what}; top {len(chosen)} shown")
     _sheet(dest, chosen, f"tinlt mine: top {len(chosen)} by {what}", summary)
-    record = {"pool": str(pool.resolve()), "images": len(paths), "scored": len(ok_paths), "unreadable": len(bad),
+    record = {"pool": str(pool.resolve()), "images": len(paths) + len(outside), "scored": len(ok_paths), "unreadable": len(bad),
               "collapsed": len(dup_of), "by": by, "class": names[c] if c is not None else None, "top": len(chosen),
               "hash_distance": hash_distance if dedupe else None, "model": model_card(backend),
               "files": {k: str(dest / k) for k in ("ranked.csv", "to_label.txt", "contact_sheet.html",
@@ -171,9 +173,25 @@ def mine(pool: str | Path, backend: Any, out: str | Path, *, cls: Optional[str] 
     return record
 
 
+def _inside(pool: Path, paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files that are really inside ``pool``, and (path, reason) for links that lead out of it:
+    a link to another folder's image must not be scored, ranked or shown in the contact sheet."""
+    root, inside, outside = pool.resolve(), [], []
+    for p in paths:
+        try:
+            ok = p.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a link loop
+            ok = False
+        if ok:
+            inside.append(p)
+        else:
+            outside.append((str(p), "a link to outside the pool: not read"))
+    return inside, outside
+
+
 def _write_csv(path: Path, rows: list[dict], names: Sequence[str]) -> None:
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     w.writerow(["rank", "path", "score", "predicted", "duplicate_of", *(f"p_{n}" for n in names)])
     for r in rows:
         w.writerow([r["rank"], r["path"], f"{r['score']:.6f}", r["predicted"], r["duplicate_of"],
@@ -183,7 +201,7 @@ def _write_csv(path: Path, rows: list[dict], names: Sequence[str]) -> None:
 
 def _write_bad(dest: Path, bad: list[tuple[str, str]]) -> None:
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     w.writerow(["path", "reason"])
     w.writerows(bad)
     fileio.write_text(dest / "unreadable.csv", buf.getvalue())

@@ -4,7 +4,6 @@ the calibrated decision; written as CSV or JSON or printed. :func:`predict_rows`
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..errors import TinltError
 from ..metrics import ThresholdRule
+from ..names import csv_writer, printable
 from .backend import Backend, collect_images, score_files
 
 ALL_PROBS_MAX = 100  # prediction rows carry every class's probability up to this many classes
@@ -91,7 +91,7 @@ def write_predictions(rows: list[dict], out: str | Path) -> Path:
     decided = any("prediction" in r for r in rows)
     names = next((list(r["probs"]) for r in rows if "probs" in r), [])
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     head = ["path"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"score_{i}")] + [f"p_{n}" for n in names]
     w.writerow(head + (["prediction", "threshold"] if decided else []) + ["error"])
     for r in rows:
@@ -109,9 +109,9 @@ def format_predictions(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['path']}: skipped ({r['error']})")
+            lines.append(f"{printable(r['path'])}: skipped ({printable(r['error'])})")
             continue
         tops = ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["topk"])
         pred = f" -> {r['prediction']['class']}" if "prediction" in r else ""
-        lines.append(f"{r['path']}: {tops}{pred}")
+        lines.append(f"{printable(r['path'])}: {printable(tops + pred)}")
     return "\n".join(lines)

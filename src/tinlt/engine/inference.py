@@ -26,6 +26,7 @@ from .. import fileio
 from ..config import from_dict
 from ..data.bundle import DataBundle
 from ..errors import TinltError
+from ..names import csv_writer
 from ..metrics import ThresholdRule, confusion_matrix, threshold_rule
 from ..models.adjust import apply_eval_adjustments
 from . import checkpoint as ckpt_io
@@ -130,7 +131,6 @@ def write_predictions_csv(path: Path, samples, pred: Predictions, classnames: Se
     data), true and predicted class, ``correct`` (1/0), and a probability column per class
     (``p_<class>``; with more than CSV_CLASS_COLUMNS classes the top 5 instead). With a
     decision threshold, ``decided`` is the class at it and ``correct`` refers to it."""
-    import csv
     import io
 
     from .. import fileio
@@ -140,7 +140,7 @@ def write_predictions_csv(path: Path, samples, pred: Predictions, classnames: Se
     head = ["index", "path", "true", "predicted"] + (["decided"] if decided is not None else []) + ["correct"]
     head += [f"p_{n}" for n in names] if per_class else ["confidence"]
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     w.writerow(head)
     final = decided if decided is not None else pred.preds
     for k, i in enumerate(pred.indices):

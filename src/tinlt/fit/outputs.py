@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import fileio
+from ..names import csv_cell, csv_writer
 from ..tables import mean_std
 from . import oof
 
@@ -96,12 +97,12 @@ def write_outputs(root: Path, record: dict, pooled: dict, choices: dict, counts:
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
-    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    w.writerows({k: csv_cell("" if v is None else v) for k, v in r.items()} for r in rows)
     fileio.write_text(root / f"{LEADERBOARD}.csv", buf.getvalue())
 
     # every training image's out-of-fold prediction, the chosen recipe's and each other's class
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     others = [n for n in pooled if n != chosen]
     w.writerow(["index", "path", "label", "predicted", *(f"p_{n}" for n in names), *(f"predicted_{n}" for n in others)])
     other_pred = {n: oof.adjust(pooled[n].logits[choices[n].epoch_index], counts, choices[n].tau).argmax(-1)
@@ -114,7 +115,7 @@ def write_outputs(root: Path, record: dict, pooled: dict, choices: dict, counts:
     # doubtful labels
     ranked, flagged = label_issues(probs, p.target)
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     w.writerow(["rank", "index", "path", "label", "suggested", "p_label", "p_suggested", "flagged"])
     for rank, k in enumerate(ranked, 1):
         sug = int(probs[k].argmax())

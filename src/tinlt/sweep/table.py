@@ -10,6 +10,7 @@ from typing import Optional
 
 from .. import fileio
 from ..engine.run_folder import RunFolder
+from ..names import csv_cell
 from ..tables import mean_std
 from .grid import Sweep
 
@@ -149,5 +150,5 @@ def write_results(sweep: Sweep, rows: list[dict]) -> tuple[Path, Path]:
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
+        w.writerow({k: csv_cell("" if r.get(k) is None else r[k]) for k in fields})
     return md, fileio.write_text(sweep.out / "results.csv", buf.getvalue())
