@@ -132,6 +132,10 @@ def check_image_file(path: str, *, check_images: bool = True, draft_size: int = 
             elif fmt == "PNG":
                 img.verify()  # every chunk's CRC, through IEND
                 return None
+            elif img.mode.startswith("F"):  # float pixels: NaN or infinity would become black silently
+                bad = int(np.size(a := np.asarray(img)) - np.count_nonzero(np.isfinite(a)))
+                if bad:
+                    return f"{bad} non-finite pixel value(s) (NaN or infinity) in a {img.mode} {fmt} image"
         open_image(path, draft_size=draft_size)  # decode exactly as training will
     except UnidentifiedImageError:
         return "not an image (Pillow cannot identify the file)"
