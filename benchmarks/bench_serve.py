@@ -114,6 +114,38 @@ async def load(url: str, images: list[bytes], clients: int, seconds: float, max_
             "server_errors": sum(n for c, n in codes.items() if c >= 500), "corrupt_share": corrupt_share}
 
 
+def _status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
+
+
+def memory_phase(base: str, pid: int, side: int) -> dict:
+    """The server's RSS before (warmed up by one small request), at its peak (VmHWM: the most since it started) and 3 s after one
+    request of two 16-bit greyscale PNGs of ``side`` x ``side`` (a few hundred KB that decode to
+    side^2 x 2 bytes each): what one small request can make the process hold, and give back."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("I;16", (side, side), 1234).save(buf, format="PNG")
+    png = buf.getvalue()
+    small = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(small, format="PNG")
+    # warm up: the first request loads decoders and sizes onnxruntime's arena; idle is measured after it
+    httpx.post(base + "/v1/predict", files=[("image", ("warm.png", small.getvalue(), "image/png"))], timeout=60)
+    time.sleep(1.0)
+    before = _status_mb(pid, "VmRSS")
+    r = httpx.post(base + "/v1/predict", files=[("image", (f"big{i}.png", png, "image/png")) for i in range(2)],
+                   timeout=120)
+    time.sleep(3.0)
+    return {"side": side, "request_kb": 2 * len(png) / 1024, "code": r.status_code, "rss_before_mb": before,
+            "peak_mb": _status_mb(pid, "VmHWM"), "rss_after_mb": _status_mb(pid, "VmRSS")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="an .onnx file from tinlt export")
@@ -123,10 +155,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="in-process batch = the server's --max-batch")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--memory-side", type=int, default=6300, help="side of the two 16-bit PNGs of the memory phase")
+    ap.add_argument("--memory-only", action="store_true", help="the memory phase only (no load phases)")
     args = ap.parse_args()
     images = sample_images(args.images)
     print(f"{len(images)} images, model {args.model}", file=sys.stderr)
-    ref = in_process(Path(args.model), images, args.batch, args.seconds)
+    ref = ({"images_per_s": float("nan")} if args.memory_only
+           else in_process(Path(args.model), images, args.batch, args.seconds))
     print(f"in-process: {ref['images_per_s']:.1f} images/s", file=sys.stderr)
 
     port = _free_port()
@@ -151,7 +186,14 @@ def main() -> None:
         time.sleep(0.2)
     results = []
     try:
-        phases = [(int(c), 0.0) for c in args.clients.split(",")] + [(int(args.clients.split(",")[-1]), 0.1)]
+        memory = memory_phase(base, proc.pid, args.memory_side)
+        print(f"memory: RSS idle {memory['rss_before_mb']:.0f} MB, peak {memory['peak_mb']:.0f} MB under a request of "
+              f"two {args.memory_side}x{args.memory_side} 16-bit PNGs ({memory['request_kb']:.0f} KB, answer "
+              f"{memory['code']}), idle after {memory['rss_after_mb']:.0f} MB "
+              f"({memory['rss_after_mb'] / memory['rss_before_mb']:.2f}x)", file=sys.stderr)
+        if args.memory_only:
+            args.clients = ""
+        phases = [] if not args.clients else [(int(c), 0.0) for c in args.clients.split(",")] + [(int(args.clients.split(",")[-1]), 0.1)]
         for clients, corrupt in phases:
             r = asyncio.run(load(base + "/v1/predict", images, clients, args.seconds, args.requests, corrupt))
             r["ratio_to_in_process"] = r["images_per_s"] / ref["images_per_s"]
@@ -166,7 +208,7 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     mean_batch = batches.get("tinlt_batch_size_sum", 0) / max(1.0, batches.get("tinlt_batch_size_count", 0))
-    report = {"in_process": ref, "server": results, "mean_batch": mean_batch, "cpus": os.cpu_count(),
+    report = {"in_process": ref, "server": results, "memory": memory, "mean_batch": mean_batch, "cpus": os.cpu_count(),
               "model": str(args.model), "images": len(images)}
     print("| clients | corrupt | images/s | vs in-process | p50 ms | p99 ms | 4xx | 5xx |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
