@@ -115,3 +115,18 @@ def test_data_inspect_json(dataset, capsys):
     assert s["num_classes"] == 3 and s["num_images"] == sum(TRAIN_COUNTS)
     assert s["imbalance_ratio"] == pytest.approx(9 / 2)
     assert s["groups"] == {"many": 0, "medium": 0, "few": 3}
+
+
+def test_data_inspect_takes_a_root_and_fails_when_nothing_is_readable(dataset, tmp_path, capsys):
+    """A list moved away from its images: every file is missing, which is an error naming --root,
+    not a table of zeros and exit 0; with --root the same list counts every image."""
+    moved = tmp_path / "lists" / "train.txt"
+    moved.parent.mkdir()
+    moved.write_text((dataset / "train.txt").read_text())
+    argv = ["data", "inspect", "--train-list", str(moved), "--classnames", str(dataset / "classnames.txt"), "--json"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinlt: error: none of the 16 listed files") and "--root" in err and "\n" not in err
+    assert main([*argv, "--root", str(dataset)]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["num_images"] == sum(TRAIN_COUNTS) == 16 and s["unreadable"] == []
