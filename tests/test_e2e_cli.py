@@ -130,3 +130,14 @@ def test_data_inspect_takes_a_root_and_fails_when_nothing_is_readable(dataset, t
     assert main([*argv, "--root", str(dataset)]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["num_images"] == sum(TRAIN_COUNTS) == 16 and s["unreadable"] == []
+
+
+def test_quiet_hides_bars_not_results(dataset, tmp_path, capsys):
+    """-q is documented as "no progress bars": the epoch lines and the final scores still print."""
+    out = tmp_path / "run"
+    args = [a for a in _common(out, epochs=1) if a != "train.quiet=true"]
+    assert main(["train", "-q", *args, *_split_args("folder", dataset)]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1 | loss" in printed and "test: overall" in printed
+    assert main(["eval", "-q", "--checkpoint", str(out)]) == 0
+    assert "overall" in capsys.readouterr().out

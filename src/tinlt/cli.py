@@ -67,6 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"tinlt: {e}; continue with: {hint}", file=sys.stderr)
         return 128 + e.signum
     finally:
+        if "tinlt.engine.progress" in sys.modules:  # -q is for this command only
+            sys.modules["tinlt.engine.progress"].hide_bars(False)
         if trust:  # for this command only
             from .engine.checkpoint import trust_pickled_checkpoints
 

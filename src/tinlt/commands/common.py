@@ -13,7 +13,7 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or progress lines; results still print")
 
 
 def add_launch_args(p: argparse.ArgumentParser) -> None:

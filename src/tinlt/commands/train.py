@@ -32,28 +32,32 @@ def register(sub) -> dict:
 
 
 def _cmd_train(a) -> int:
+    from ..engine.progress import hide_bars
     from ..engine.run_folder import config_for_train
     from ..engine.trainer import train
     from ..report import training_hooks
 
     cfg = config_for_train(a.config, a.overrides, a.resume)
-    if a.quiet:
-        cfg.train.quiet = True
+    hide_bars(a.quiet)  # -q hides bars and progress lines, never the epoch lines or the scores
     train(cfg, resume=a.resume, command=sys.argv, hooks=training_hooks(cfg), fresh=a.fresh)
     return 0
 
 
 def _cmd_eval(a) -> int:
     from ..engine.inference import evaluate_checkpoint
+    from ..engine.progress import hide_bars
 
-    evaluate_checkpoint(a.checkpoint, a.overrides, out_dir=a.out, quiet=a.quiet, prevalence=a.prevalence)
+    hide_bars(a.quiet)
+    evaluate_checkpoint(a.checkpoint, a.overrides, out_dir=a.out, prevalence=a.prevalence)
     return 0
 
 
 def _cmd_zeroshot(a) -> int:
     from ..config import load_config
     from ..engine.inference import zeroshot
+    from ..engine.progress import hide_bars
 
     cfg = load_config(a.config, a.overrides)
-    zeroshot(cfg, out_dir=a.out, quiet=a.quiet)
+    hide_bars(a.quiet)
+    zeroshot(cfg, out_dir=a.out)
     return 0

@@ -35,12 +35,20 @@ def quiet_while(quiet: bool):
         set_quiet(before)
 
 
+_NO_BARS = False  # -q: no bars and no periodic progress lines; results still print
+
+
+def hide_bars(hide: bool = True) -> None:
+    global _NO_BARS
+    _NO_BARS = hide
+
+
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
 def bars_enabled(quiet: bool = False) -> bool:
-    if quiet or _QUIET or not _is_main():
+    if quiet or _QUIET or _NO_BARS or not _is_main():
         return False
     if os.environ.get("TINLT_PROGRESS") == "1":  # force bars into logs, e.g. under CI
         return True
@@ -78,7 +86,7 @@ class LogTicker:
             except ValueError:
                 every = 60.0
         self.total, self.every = int(total_steps), every
-        self.on = not (quiet or _QUIET or not _is_main() or bars_enabled(quiet)) and every > 0
+        self.on = not (quiet or _QUIET or _NO_BARS or not _is_main() or bars_enabled(quiet)) and every > 0
         self.t_start = self.t_last = time.monotonic()
         self.step_start: Optional[int] = None
 
