@@ -141,3 +141,24 @@ def test_quiet_hides_bars_not_results(dataset, tmp_path, capsys):
     assert "epoch 1/1 | loss" in printed and "test: overall" in printed
     assert main(["eval", "-q", "--checkpoint", str(out)]) == 0
     assert "overall" in capsys.readouterr().out
+
+
+def test_eval_group_thresholds_regroup_the_classes_and_training_only_keys_are_said(dataset, tmp_path, capsys):
+    """Training counts 9 / 5 / 2: at many > 6 and few < 3 (absolute) each class is its own group, so
+    each group's score is that class's accuracy from the confusion matrix."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    assert main(["train", *_common(out, epochs=1), *_split_args("folder", dataset)]) == 0
+    ev = tmp_path / "ev"
+    assert main(["eval", "-q", "--checkpoint", str(out), "--out", str(ev), "data.groups=absolute",
+                 "data.many_threshold=6", "data.few_threshold=3", "data.augment=none"]) == 0
+    err = capsys.readouterr().err
+    assert "data.augment applies to training only" in err
+    m = json.loads((ev / "metrics.json").read_text())
+    conf = np.array(m["confusion"], dtype=float)
+    acc = 100 * np.diag(conf) / conf.sum(1)
+    # folder classes sort by name: blue_thing (2 training images), green_thing (5), red_thing (9)
+    want = {"many": acc[2], "medium": acc[1], "few": acc[0]}
+    for g, v in want.items():
+        assert m[g] == pytest.approx(v, abs=0.05), g

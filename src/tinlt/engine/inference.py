@@ -227,6 +227,30 @@ def operating_line(binary: dict, label: str, prevalence: Optional[float] = None)
     return line
 
 
+GROUP_KEYS = ("data.many_threshold", "data.few_threshold", "data.groups")
+TRAINING_ONLY = ("data.augment", "data.sampler")  # read by training alone: an eval override of them changes nothing
+
+
+def eval_groups(ckpt: dict, cfg, overrides: Sequence[str]) -> dict:
+    """The checkpoint's shot groups, or new ones from its training counts when ``overrides`` set
+    the group thresholds (they were ignored before: the checkpoint's groups always won). An
+    override that scoring does not read is said on stderr, not silently dropped."""
+    import sys
+
+    from ..data.groups import shot_groups
+
+    keys = {o.split("=", 1)[0] for o in overrides}
+    for k in sorted(keys & set(TRAINING_ONLY)):
+        print(f"tinlt: note: {k} applies to training only; scoring a trained model does not read it", file=sys.stderr)
+    if not keys & set(GROUP_KEYS):
+        return ckpt["groups"]
+    groups = shot_groups(ckpt["train_counts"], many_threshold=cfg.data.many_threshold,
+                         few_threshold=cfg.data.few_threshold, mode=cfg.data.groups)
+    echo(f"shot groups from the training counts at many > {cfg.data.many_threshold}, few < {cfg.data.few_threshold} "
+         f"({cfg.data.groups}): many {len(groups['many'])}, medium {len(groups['medium'])}, few {len(groups['few'])}")
+    return groups
+
+
 def evaluate_checkpoint(
     path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str | Path] = None, quiet: bool = False,
     prevalence: Optional[float] = None,
@@ -245,7 +269,7 @@ def evaluate_checkpoint(
     device = resolve_device(cfg.train.device)
     model.to(device)
     test, _ = resolve_split(cfg, classnames=ckpt["classnames"])
-    data = DataBundle.from_counts(test, ckpt["classnames"], ckpt["train_counts"], ckpt["groups"])
+    data = DataBundle.from_counts(test, ckpt["classnames"], ckpt["train_counts"], eval_groups(ckpt, cfg, overrides))
     out = owned_output(out_dir, RunFolder.of_checkpoint(path).eval_dir, what="eval")
     out.path.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model, test, cfg, data, device=device, desc="eval", rule=rule_of(ckpt), quiet=quiet,
