@@ -60,6 +60,14 @@ def test_two_processes_match_one(dataset, tmp_path):
     assert torch.equal(cum_a, cum_b)
     assert cum_a.sum().item() == 2 * 16
 
+    # log.jsonl: each epoch's loss and gradient ratios are the whole global batch's, summed over ranks,
+    # so they equal one process's (rank 0's shard alone gave other numbers)
+    log1 = [json.loads(line) for line in (one / "log.jsonl").read_text().splitlines()]
+    log2 = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
+    assert len(log1) == len(log2) == 2
+    for r1, r2 in zip(log1, log2):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-4)
+        np.testing.assert_allclose(r2["grad_ratio"], r1["grad_ratio"], rtol=1e-4)
     m1 = json.loads((one / "metrics.json").read_text())
     m2 = json.loads((two / "metrics.json").read_text())
     # 9 test images, an odd number: a padded sampler would count one twice

@@ -29,7 +29,7 @@ from ..models.adjust import apply_eval_adjustments
 from ..models.tuning import describe_trainable, trainable_summary
 from . import checkpoint as ckpt_io
 from .device import autocast_for, compiled_forward, is_convolutional, training_devices, wrap_for_training
-from .distributed import barrier, cleanup
+from .distributed import all_reduce_sum, barrier, cleanup
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
 from .hooks import TrainContext, call_hooks
@@ -98,7 +98,8 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.use_scaler = self.device.type == "cuda" and cfg.train.amp == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
-        self.grad_ratio = GradientRatio(len(self.data.classnames))
+        self.grad_ratio = GradientRatio(len(self.data.classnames), self.device)
+        self.reduce = all_reduce_sum if self.dist.world_size > 1 else None  # sums over ranks for logs
         self.ticker = LogTicker(self.total_steps)  # log lines with ETAs where no bar shows
         self.train_model = wrap_for_training(self.model, cfg, self.dist, self.device)
 
@@ -164,6 +165,7 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
+        self.grad_ratio.fold(self.reduce)  # every rank saves: all join, and hold the same totals after
         return {
             **ckpt_io.model_entries(self.model, self.cfg),
             **{key: getattr(self, attr).state_dict() for key, attr in _STATEFUL.items()},
@@ -279,7 +281,10 @@ class _Run:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         last_epoch = done or self.epoch >= cfg.optim.epochs
         wall, cpu = self.pass_time
-        record = {"epoch": self.epoch, "step": self.global_step, "loss": self.loss_sum / max(self.n_seen, 1),
+        loss_sum, n_seen = (self.reduce(torch.tensor([self.loss_sum, float(self.n_seen)], dtype=torch.float64, device=self.device)).tolist()
+                            if self.reduce else (self.loss_sum, self.n_seen))  # every rank's shard, not rank 0's
+        self.grad_ratio.fold(self.reduce)
+        record = {"epoch": self.epoch, "step": self.global_step, "loss": loss_sum / max(n_seen, 1),
                   "lr": self.scheduler.get_last_lr()[0], "time_s": wall, "cpu_s": cpu}
         if not self.blind and ((cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0) or last_epoch):
             m = evaluate(self.model, None, cfg, data, device=self.device, loader=self.eval_dl,
