@@ -184,6 +184,17 @@ def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(dataset, tmp_pa
     assert all(torch.isfinite(t).all() for t in good["model"].values() if t.is_floating_point())
 
 
+def test_a_nonfinite_loss_checked_later_still_names_its_own_step(dataset, tmp_path, capsys):
+    """The loss's finiteness is noted on the device and read at checks, not at every step: with no
+    save until the epoch ends, the error still names step 2, and nothing is saved."""
+    out = tmp_path / "run"
+    argv = ["train", *_args(dataset, out, save_every_steps=0), "optim.name=sgd", "optim.lr=1e30", "optim.momentum=0"]
+    assert main(argv) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert err.startswith("tinlt: error: non-finite loss (nan) at epoch 1, optimizer step 2"), err
+    assert "last good checkpoint: none yet" in err and not (out / "last.pt").exists()
+
+
 def test_nonfinite_weights_are_never_saved(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     # lr 3e38 (near float32's max) turns some weights into inf in step 1, with a finite loss

@@ -46,6 +46,7 @@ from .signals import StopRequest
 
 # checkpoint key -> attribute with state_dict() (the model's is ckpt_io.model_state); counters as they are
 _STATEFUL = {"optimizer": "optimizer", "scheduler": "scheduler", "loss": "loss_fn", "grad_ratio": "grad_ratio"}
+CHECK_EVERY = 50  # optimizer steps between host checks of the loss's finiteness (and at every save)
 _COUNTERS = ("epoch", "batch_in_epoch", "global_step", "best_score", "history", "stale_evals")
 
 
@@ -60,6 +61,9 @@ class _Run:
         self.epoch = self.batch_in_epoch = self.global_step = self.stale_evals = 0  # stale: evals since the best
         self.best_score, self.history = -1.0, []
         self.loss_sum, self.n_seen = 0.0, 0
+        self.acc_dtype = torch.float64 if self.device.type != "mps" else torch.float32  # MPS has no float64
+        self._bad_at = torch.full((2,), -1, dtype=torch.long, device=self.device)
+        self._bad_loss = torch.zeros((), device=self.device)
         self.changes: set[str] = set()
         self.log = echo if self.main else (lambda msg: None)  # set-up messages from the main process only
 
@@ -178,6 +182,7 @@ class _Run:
     def save(self, best: bool = False) -> Path:
         """last.pt (and best.pt first when ``best``: a kill between the two writes leaves
         last.pt behind best.pt, never ahead). Never replaces a good checkpoint with diverged weights."""
+        self.check_loss()  # a non-finite loss names its own step, before the weights it spoilt are refused
         ckpt_io.check_finite(self.model, self.global_step, self.run.resume_checkpoint())
         st = self.state()  # every rank joins the RNG gather
         if self.main:
@@ -233,6 +238,7 @@ class _Run:
             if cfg.train.save_every_steps and self.global_step % cfg.train.save_every_steps == 0:
                 self.save()
         it.close()
+        self.check_loss()
         self.pass_time = (round(time.time() - self.t0, 2), round(time.process_time() - self.c0, 2))
         return done
 
@@ -244,19 +250,46 @@ class _Run:
         logits = logits.float()
         logits.retain_grad()
         loss = self.loss_fn(logits, targets)
-        if not torch.isfinite(loss):
-            if self.use_scaler:  # fp16 overflow: skip the step and lower the scale, as AMP does
+        if self.use_scaler:
+            if not torch.isfinite(loss):  # fp16 overflow: skip the step and lower the scale, as AMP does
                 back_off(self.scaler, loss, self.optimizer)
                 self.batch_in_epoch += 1
                 return None
-            raise non_finite(loss, self.epoch, self.global_step, self.run.resume_checkpoint())
+        else:  # noted on the device, checked every CHECK_EVERY steps and before any save: no sync per step
+            self.watch_loss(loss)
         self.scaler.scale(loss / accum).backward()
         if logits.grad is not None:
             self.grad_ratio.update(logits.grad * (accum / self.scaler.get_scale()), targets)  # unscaled (fp16)
         self.batch_in_epoch += 1
-        self.loss_sum += loss.item() * len(targets)
+        part = loss.detach().to(self.acc_dtype) * len(targets)
+        self._loss_dev = part if self._loss_dev is None else self._loss_dev + part
         self.n_seen += len(targets)
         return loss
+
+    # the epoch's summed loss: a host float plus what is still on the device
+    @property
+    def loss_sum(self) -> float:
+        if self._loss_dev is not None:
+            self._loss_host, self._loss_dev = self._loss_host + float(self._loss_dev), None
+        return self._loss_host
+
+    @loss_sum.setter
+    def loss_sum(self, value: float) -> None:
+        self._loss_host, self._loss_dev = float(value), None
+
+    def watch_loss(self, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first non-finite loss and its epoch and optimizer step."""
+        first = ~torch.isfinite(loss.detach()) & (self._bad_at[1] < 0)
+        here = torch.tensor([self.epoch, self.global_step], device=self._bad_at.device)
+        self._bad_at = torch.where(first, here, self._bad_at)
+        self._bad_loss = torch.where(first, loss.detach().float(), self._bad_loss)
+
+    def check_loss(self) -> None:
+        """One host sync: stop at the first non-finite loss seen, naming its step (weights after it
+        are not saved; the last good checkpoint stays)."""
+        epoch, step = self._bad_at.tolist()
+        if step >= 0:
+            raise non_finite(self._bad_loss, epoch, step, self.run.resume_checkpoint())
 
     def optimizer_step(self, loss: torch.Tensor, it) -> None:
         if self.cfg.optim.grad_clip > 0:
@@ -268,8 +301,12 @@ class _Run:
         self.scheduler.step()
         self.global_step += 1
         lr = self.scheduler.get_last_lr()[0]
-        self.logger.log_step(self.global_step, {"loss": loss.item(), "lr": lr})
-        it.set_postfix(loss=f"{self.loss_sum / max(self.n_seen, 1):.4f}", lr=f"{lr:.2e}")
+        if self.global_step % CHECK_EVERY == 0:
+            self.check_loss()
+        if step_due(self.logger, self.global_step):  # loss.item() waits for the device: only when logged
+            self.logger.log_step(self.global_step, {"loss": loss.item(), "lr": lr})
+        if not it.disable and self.global_step % 10 == 0:
+            it.set_postfix(loss=f"{self.loss_sum / max(self.n_seen, 1):.4f}", lr=f"{lr:.2e}")
         self.ticker.tick(self.global_step, epoch=self.epoch + 1, epochs=self.cfg.optim.epochs,
                          batch=self.batch_in_epoch, batches=self.per_epoch_batches, accum=self.cfg.optim.accum_steps)
 
@@ -361,6 +398,16 @@ class _Run:
             self.hook("on_finish", metrics=metrics)
             self.logger.close()
         return metrics
+
+
+def step_due(logger, step: int) -> bool:
+    """Whether ``logger`` writes step scalars at ``step`` (a null logger never does)."""
+    from .loggers import NullLogger
+
+    if isinstance(logger, NullLogger):
+        return False
+    every = getattr(logger, "step_every", 1)
+    return step == 1 or step % max(1, int(every)) == 0
 
 
 def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Optional[list[str]] = None,
