@@ -124,3 +124,54 @@ def test_the_resume_hint_is_the_command_that_ran():
     assert resume_command("r/last.pt", {**two, "RANK": "1"}) is None  # said once, by rank 0
     nodes = {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "0"}
     assert resume_command("p", nodes) == "torchrun --nnodes 2 --nproc_per_node 4 -m tinlt train --resume p"
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_accumulation_under_two_processes_matches_one_big_batch(dataset, tmp_path):
+    """2 processes x 1 image x 2 accumulation micro-batches = 1 process x 4 images: the micro-batch
+    that does not step keeps its gradients local (no_sync) and the stepping one all-reduces both.
+    A wrong choice of which micro-batch syncs leaves the ranks' weights apart, and this fails."""
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    base = [*split_args("folder", dataset), "optim.epochs=1", "loss.name=ce", "data.augment=none",
+            "optim.name=sgd", "optim.lr=0.05"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    args_one = [a for a in common_args(one, epochs=1) if not a.startswith("optim.batch_size")] + ["optim.batch_size=4"]
+    args_two = [a for a in common_args(two, epochs=1) if not a.startswith("optim.batch_size")] + [
+        "optim.batch_size=1", "optim.accum_steps=2"]
+    r1 = subprocess.run([sys.executable, "-m", "tinlt", "train", *args_one, *base],
+                        env=_env(), capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29535", "-m", "tinlt", "train",
+                         *args_two, *base], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a = torch.load(one / "last.pt", weights_only=False)
+    b = torch.load(two / "last.pt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 4
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_no_sync_unless_keeps_a_non_stepping_micro_batch_local(tmp_path):
+    """One all-reduce per optimizer step, counted with a DDP communication hook (1-process gloo)."""
+    import torch.distributed as dist
+
+    from tinlt.engine.device import no_sync_unless
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+        calls = []
+
+        def hook(state, bucket):
+            calls.append(1)
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, hook)
+        for step_now in (False, True, False, True):
+            with no_sync_unless(step_now, ddp):
+                ddp(torch.ones(1, 3)).sum().backward()
+        assert len(calls) == 2
+    finally:
+        dist.destroy_process_group()

@@ -64,3 +64,15 @@ def wrap_for_training(model: torch.nn.Module, cfg, dist_info, device: torch.devi
     if dist_info.enabled:
         out = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(out) if cfg.train.compile else out
+
+
+def no_sync_unless(step_now: bool, train_model: torch.nn.Module):
+    """DDP's ``no_sync()`` for an accumulation micro-batch that does not step: its gradients stay
+    local and the all-reduce runs once, with the micro-batch that steps (one all-reduce per step,
+    not one per micro-batch). A null context otherwise, and outside DDP."""
+    import contextlib
+
+    ddp = getattr(train_model, "_orig_mod", train_model)  # under torch.compile
+    if step_now or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()

@@ -28,7 +28,8 @@ from ..errors import Interrupted, TinltError
 from ..models.adjust import apply_eval_adjustments
 from ..models.tuning import describe_trainable, trainable_summary
 from . import checkpoint as ckpt_io
-from .device import autocast_for, compiled_forward, is_convolutional, training_devices, wrap_for_training
+from .device import (autocast_for, compiled_forward, is_convolutional, no_sync_unless, training_devices,
+                     wrap_for_training)
 from .distributed import all_reduce_sum, barrier, cleanup
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
@@ -243,8 +244,15 @@ class _Run:
         return done
 
     def forward_backward(self, images, targets) -> Optional[torch.Tensor]:
-        cfg, accum = self.cfg, self.cfg.optim.accum_steps
+        accum = self.cfg.optim.accum_steps
         images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        b = self.batch_in_epoch + 1
+        step_now = not (b % accum and b < self.per_epoch_batches)  # as train_epoch decides after this batch
+        with no_sync_unless(step_now, self.train_model):
+            return self._forward_backward(images, targets)
+
+    def _forward_backward(self, images, targets) -> Optional[torch.Tensor]:
+        cfg, accum = self.cfg, self.cfg.optim.accum_steps
         with autocast_for(self.device, cfg.train.amp):
             logits = compiled_forward(self.train_model, images) if cfg.train.compile else self.train_model(images)
         logits = logits.float()
