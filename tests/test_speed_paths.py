@@ -193,3 +193,32 @@ def test_compiler_failure_is_one_line(folder, tmp_path, monkeypatch):
     msg = str(err.value)
     assert msg.startswith("train.compile: torch.compile failed") and "train.compile=false" in msg
     assert "\n" not in msg
+
+
+def test_cuda_speed_settings_apply_on_cuda_only():
+    from tinlt.engine.device import cuda_speed_settings
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        cuda_speed_settings(torch.device("cpu"), not before[0], not before[2])
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                torch.backends.cudnn.benchmark) == before
+        cuda_speed_settings(torch.device("cuda"), True, True)  # the flags need no GPU to be set
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+        cuda_speed_settings(torch.device("cuda"), False, False)
+        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.benchmark)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
+
+
+def test_the_trainers_eval_loader_keeps_its_workers_between_epochs(rgb_folder):
+    from tinlt.config import load_config
+    from tinlt.data.sources import load_folder
+    from tinlt.engine.loaders import eval_loader
+
+    cfg = load_config(None, ["data.num_workers=1", "train.eval_batch_size=2"])
+    samples = load_folder(rgb_folder / "test")
+    assert eval_loader(samples, None, cfg, persistent=True).persistent_workers
+    assert not eval_loader(samples, None, cfg).persistent_workers  # a one-off pass: no workers left behind
+    cfg0 = load_config(None, ["data.num_workers=0"])
+    assert not eval_loader(samples, None, cfg0, persistent=True).persistent_workers  # nothing to keep

@@ -194,7 +194,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
     save_every_steps: int = 0  # mid-epoch checkpoints; 0 = once per epoch
     eval_batch_size: int = 256
-    channels_last: bool = True  # CUDA only: channels-last memory for convolutional image towers
+    channels_last: bool = True  # CUDA only: channels-last memory for convolutional image towers and their inputs
+    tf32: bool = True  # CUDA only: TF32 matmuls / convolutions for fp32 work (engine/device.py)
+    cudnn_benchmark: bool = True  # CUDA only: cuDNN picks the fastest algorithm for the (fixed) input shapes
     compile: bool = False  # torch.compile the training forward (slow first steps; pays off on long CUDA runs)
     # frozen image tower: keep its outputs on disk (engine/feature_cache.py); "" = off,
     # "auto" = $XDG_CACHE_HOME/tinlt/features (~/.cache/tinlt/features), or a folder

@@ -34,6 +34,17 @@ def training_devices(name: str):
     return device, dist_info
 
 
+def cuda_speed_settings(device: torch.device, tf32: bool, cudnn_benchmark: bool) -> None:
+    """On CUDA: TF32 matmuls and convolutions (fp32 work on tensor cores, 10-bit mantissa inputs;
+    off by default in PyTorch for matmuls) and cuDNN's algorithm search for fixed input shapes.
+    Nothing changes on other devices."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
 def autocast_for(device: torch.device, amp: str):
     """bf16 autocast on CUDA by default, nothing on CPU (fp32 there is both exact and fastest)."""
     if device.type != "cuda" or amp == "off":

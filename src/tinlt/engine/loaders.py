@@ -51,19 +51,22 @@ def eval_transform(model, cfg: DictConfig, *, views: bool = True):
 
 
 def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo = DistInfo(),
-                device: torch.device = torch.device("cpu"), features=None) -> DataLoader:
-    """``features``: a FeatureStore (engine/feature_cache.py) to read the image tower's outputs from."""
+                device: torch.device = torch.device("cpu"), features=None, persistent: bool = False) -> DataLoader:
+    """``features``: a FeatureStore (engine/feature_cache.py) to read the image tower's outputs from.
+    ``persistent``: its workers survive between passes (the trainer's loader, used every epoch;
+    restarting them cost a worker start-up per epoch)."""
     from ..data.dataset import ImageDataset
 
     ds = features.dataset(samples, desc="eval") if features is not None else ImageDataset(samples, transform)
+    workers = 0 if features is not None else cfg.data.num_workers
     return DataLoader(
         ds,
         batch_size=cfg.train.eval_batch_size,
         sampler=Shard(len(ds), dist_info.rank, dist_info.world_size),
-        num_workers=0 if features is not None else cfg.data.num_workers,
+        num_workers=workers,
         collate_fn=getattr(ds, "collate_fn", None),
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
         worker_init_fn=quiet_worker if cfg.data.num_workers and features is None else None,
     )

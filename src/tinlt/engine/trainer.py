@@ -28,8 +28,8 @@ from ..errors import Interrupted, TinltError
 from ..models.adjust import apply_eval_adjustments
 from ..models.tuning import describe_trainable, trainable_summary
 from . import checkpoint as ckpt_io
-from .device import (autocast_for, compiled_forward, is_convolutional, no_sync_unless, training_devices,
-                     wrap_for_training)
+from .device import (autocast_for, compiled_forward, cuda_speed_settings, is_convolutional, no_sync_unless,
+                     training_devices, wrap_for_training)
 from .distributed import all_reduce_sum, barrier, cleanup
 from .feature_cache import feature_store_for
 from .grad_ratio import GradientRatio
@@ -57,6 +57,7 @@ class _Run:
     def __init__(self, cfg: DictConfig, hooks: Sequence[Any], command: Optional[list[str]]) -> None:
         self.cfg, self.hooks, self.command = cfg, list(hooks), command
         self.device, self.dist = training_devices(cfg.train.device)
+        cuda_speed_settings(self.device, cfg.train.tf32, cfg.train.cudnn_benchmark)
         self.main = self.dist.is_main
         self.run = RunFolder(cfg.train.output_dir)
         self.epoch = self.batch_in_epoch = self.global_step = self.stale_evals = 0  # stale: evals since the best
@@ -66,6 +67,7 @@ class _Run:
         self._bad_at = torch.full((2,), -1, dtype=torch.long, device=self.device)
         self._bad_loss = torch.zeros((), device=self.device)
         self.changes: set[str] = set()
+        self.channels_last = False
         self.log = echo if self.main else (lambda msg: None)  # set-up messages from the main process only
 
     # -- set-up ------------------------------------------------------------------------
@@ -86,6 +88,7 @@ class _Run:
         apply_eval_adjustments(model, cfg.train, data.train_counts)  # train.tau_norm / posthoc_tau, eval mode only
         if self.device.type == "cuda" and cfg.train.channels_last and is_convolutional(model.image_tower):
             model = model.to(memory_format=torch.channels_last)
+            self.channels_last = True  # and so are its inputs: a conversion inside every conv otherwise
         self.model = model
         self.train_tf, self.eval_tf = make_transforms(model, cfg)
         self.view_tf = eval_transform(model, cfg, views=False)  # cache, classifier init: one view per image
@@ -160,7 +163,7 @@ class _Run:
         self.logger = make_logger(cfg, self.run.path, is_main=self.main)  # TensorBoard if train.tensorboard
         self.ctx = TrainContext(cfg=cfg, run=self.run, logger=self.logger, features=self.features)
         self.eval_dl = None if data.evaluation is None else eval_loader(
-            data.evaluation, self.eval_tf, cfg, self.dist, self.device, features=self.eval_features)
+            data.evaluation, self.eval_tf, cfg, self.dist, self.device, features=self.eval_features, persistent=True)
         self.hook("on_start")
 
     def hook(self, event: str, **fields) -> None:
@@ -246,6 +249,8 @@ class _Run:
     def forward_backward(self, images, targets) -> Optional[torch.Tensor]:
         accum = self.cfg.optim.accum_steps
         images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         b = self.batch_in_epoch + 1
         step_now = not (b % accum and b < self.per_epoch_batches)  # as train_epoch decides after this batch
         with no_sync_unless(step_now, self.train_model):
