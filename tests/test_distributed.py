@@ -175,3 +175,20 @@ def test_no_sync_unless_keeps_a_non_stepping_micro_batch_local(tmp_path):
         assert len(calls) == 2
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_class_prompts_split_across_ranks_are_exact(tmp_path):
+    """Each rank encodes its block of the prompts; the gathered features equal one rank's, and the
+    text tower's gradients summed over ranks (what DDP averages) equal the unsharded sum, for 37
+    classes x 2 templates in several length groups (blocks of unequal size, padded)."""
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    out = tmp_path / "shard.json"
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_prompt_shard.py"
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29536", str(bench), "--classes", "37",
+                        "--check-only", "--out", str(out)], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["feature_max_abs_diff"] <= 1e-6 and rep["grad_sum_max_rel_diff"] <= 1e-5
+    rows = rep["rows_encoded_by_rank0"]
+    assert rows["unsharded"] == 74 and rows["sharded"] <= 74 // 2 + 4  # half, give or take a block's rounding

@@ -137,6 +137,7 @@ class ModelConfig:
     freeze_text: bool = False
     truncate_text: bool = True
     text_buckets: int = 4  # with truncate_text: encode prompts in <= this many length groups (1 = one group)
+    shard_prompts: bool = True  # under torchrun, a trained text tower encodes 1/N of the prompts per rank
     embed_dim: int = 256  # shared space of the offline towers' projections; 0: no projection (linear / probe heads)
     logit_scale: float = 14.285714  # 1/0.07, CLIP's initial temperature
     learn_logit_scale: bool = True

@@ -118,6 +118,7 @@ def create_model(model_cfg: Any, classnames: Sequence[str], image_size: Optional
         coop_ctx=cfg.coop.n_ctx,
         coop_position=cfg.coop.position,
     )
+    model.shard_prompts = bool(cfg.shard_prompts)
     if cfg.head != "text" and init == "text":  # the text tower is needed once, for the rows
         if text_tower is None:
             raise TinltError(f"model.classifier_init = 'text': model '{cfg.name}' has no text tower")

@@ -29,6 +29,7 @@ from ..errors import TinltError
 from .attention import GatedAttention
 from .heads import TextHead, ensemble_prompts, head_class
 from .base import ImageTower, PrefixFeatures, SplitFeatures, TextTower
+from .prompt_shard import can_shard, encode_sharded, shard_world
 from .text_buckets import plan_buckets, take
 
 class ImageEmbedding(NamedTuple):
@@ -114,6 +115,7 @@ class TIN(nn.Module):
         self._tokens_version = 0
         self._text_cache: Optional[tuple[Any, torch.Tensor]] = None
         self.text_batch_size = 1024  # prompts per text-tower call
+        self.shard_prompts = True  # model.shard_prompts: split the prompts across ranks when the text tower trains
         self.coop: Optional[nn.Module] = None  # learnable prompt context (models/coop.py)
         if self._head_cls.needs_text and coop_ctx:
             from .coop import PromptContext
@@ -237,13 +239,24 @@ class TIN(nn.Module):
             parts = [take(tokens, self._buffers[f"text_bucket_rows_{i}"], n) for i, n in enumerate(self._bucket_lengths)]
         else:
             parts = [tokens]
+        # under torchrun, with gradients: each rank encodes its block of every group (models/prompt_shard.py)
+        world = shard_world() if self.shard_prompts and torch.is_grad_enabled() and self.training else None
         chunks = []
         for part in parts:
             n = (part if isinstance(part, torch.Tensor) else next(iter(part.values()))).shape[0]
-            for start in range(0, n, self.text_batch_size):
-                chunks.append(self._encode(take(part, slice(start, start + self.text_batch_size))))
+            if world is not None and can_shard(n, world[1]):
+                chunks.append(encode_sharded(self._encode_chunked, lambda rows, p=part: take(p, rows), n, *world))
+            else:
+                chunks.append(self._encode_chunked(part))
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return out[self._buffers["text_bucket_inverse"]] if self._bucket_lengths else out
+
+    def _encode_chunked(self, tokens: Any) -> torch.Tensor:
+        """Prompt rows through the text tower, ``text_batch_size`` at a time."""
+        n = (tokens if isinstance(tokens, torch.Tensor) else next(iter(tokens.values()))).shape[0]
+        chunks = [self._encode(take(tokens, slice(start, start + self.text_batch_size)))
+                  for start in range(0, n, self.text_batch_size)]
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
     def _encode(self, tokens: Any) -> torch.Tensor:
         if self.coop is None:
