@@ -110,3 +110,11 @@ def test_format_histogram_ranges_cover_counts():
         assert n == int(((counts >= lo) & (counts <= hi)).sum())
         covered += n
     assert covered == 300
+
+
+def test_the_group_modes_are_the_configs():
+    """data/groups.py repeats schema.GROUP_MODES so that config-free scoring can group classes."""
+    from tinlt.data.groups import GROUP_MODES
+    from tinlt.schema import GROUP_MODES as CONFIGURED
+
+    assert GROUP_MODES == CONFIGURED

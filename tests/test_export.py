@@ -436,3 +436,38 @@ def test_metadata_that_disagrees_with_the_graph_is_one_line_at_load(setup, tmp_p
         assert "ready" not in proc.stdout
     # the untouched file loads (the check is not simply refusing everything)
     assert _run_blocked(["predict", str(root / "test"), "--model", str(out)]).returncode == 0
+
+
+def test_eval_of_an_onnx_model_matches_the_checkpoints_without_torch(setup, tmp_path):
+    """Labelled scoring of the exported file from a list of test files, torch and omegaconf blocked:
+    the same confusion matrix and per-class accuracy as the checkpoint's own eval on those files
+    (classes matched by name, in another order than the model's)."""
+    from tinlt.engine.inference import evaluate_checkpoint
+
+    root, ckpt, _, _, out, _ = setup
+    names = sorted(CLASSES)
+    listing = tmp_path / "test.txt"
+    cn = tmp_path / "classnames.txt"
+    order = list(reversed(names))  # the list's own label numbers differ from the model's
+    cn.write_text("".join(f"{i} {n}\n" for i, n in enumerate(order)))
+    rows = [f"{p} {order.index(p.parent.name.replace('_', ' '))}\n" for p in _test_images(root)]
+    listing.write_text("".join(rows))
+    args = ["data.test.kind=list", f"data.test.path={listing}", f"data.test.classnames={cn}", f"data.test.root={root}"]
+    ev = tmp_path / "onnx_eval"
+    proc = _run_blocked(["eval", "--checkpoint", str(out), "--out", str(ev), *args])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads((ev / "metrics.json").read_text())
+    # the listing's paths are relative to data.test.root: give the checkpoint the same files as a folder split
+    ref = evaluate_checkpoint(ckpt, ["data.test.kind=folder", f"data.test.path={root / 'test'}"],
+                              out_dir=tmp_path / "torch_eval", quiet=True)
+    assert got["confusion"] == ref["confusion"] and got["num_samples"] == len(rows) == 12
+    assert got["overall"] == pytest.approx(ref["overall"]) and got["few"] == pytest.approx(ref["few"])
+    assert [(c["name"], c["accuracy"], c["group"]) for c in got["per_class"]] == \
+        [(c["name"], pytest.approx(c["accuracy"]), c["group"]) for c in ref["per_class"]]
+    csv_rows = (ev / "predictions.csv").read_text().splitlines()
+    assert len(csv_rows) == 13 and csv_rows[0].startswith("index,path,true,predicted,correct,p_")
+    # a key scoring does not read, and a split it cannot have: one line each
+    bad = _run_blocked(["eval", "--checkpoint", str(out), *args, "data.tets.path=x"])
+    assert bad.returncode == 2 and "data.tets.path" in bad.stderr and "Traceback" not in bad.stderr
+    none = _run_blocked(["eval", "--checkpoint", str(out)])
+    assert none.returncode == 2 and "carries no data" in none.stderr

@@ -44,10 +44,19 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_eval(a) -> int:
-    from ..engine.inference import evaluate_checkpoint
     from ..engine.progress import hide_bars
 
     hide_bars(a.quiet)
+    if str(a.checkpoint).lower().endswith(".onnx"):  # torch-free: the split comes from data.test.* overrides
+        from ..deploy.onnx_eval import evaluate_onnx
+
+        m = evaluate_onnx(a.checkpoint, a.overrides, out_dir=a.out, prevalence=a.prevalence)
+        shown = " | ".join(f"{k} {'-' if m[k] is None else format(m[k], '.1f')}" for k in ("overall", "many", "medium", "few"))
+        print(f"eval: {shown} | metrics: {m['out']}/metrics.json"
+              + (f" | {len(m['unreadable'])} unreadable file(s) skipped" if m["unreadable"] else ""))
+        return 0
+    from ..engine.inference import evaluate_checkpoint
+
     evaluate_checkpoint(a.checkpoint, a.overrides, out_dir=a.out, prevalence=a.prevalence)
     return 0
 

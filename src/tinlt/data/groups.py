@@ -12,14 +12,18 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..config import GROUP_MODES, check_choice
-from ..errors import TinltError
+from ..errors import TinltError, did_you_mean
+
+# schema.GROUP_MODES, repeated so that torch-free and config-free scoring (deploy/onnx_eval.py) can group
+GROUP_MODES = ("auto", "absolute", "relative")
 
 GROUP_NAMES = ("many", "medium", "few")
 
 
 def resolve_mode(num_classes: int, mode: str = "auto") -> str:
-    check_choice("data.groups", mode, GROUP_MODES)
+    if mode not in GROUP_MODES:
+        raise TinltError(f"config key 'data.groups' = {mode!r}; expected one of: {', '.join(GROUP_MODES)}"
+                         f"{did_you_mean(str(mode), GROUP_MODES)}")
     if mode == "auto":
         return "relative" if num_classes == 2 else "absolute"
     if mode == "relative" and num_classes != 2:
