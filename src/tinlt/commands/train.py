@@ -52,7 +52,7 @@ def _cmd_eval(a) -> int:
 
         m = evaluate_onnx(a.checkpoint, a.overrides, out_dir=a.out, prevalence=a.prevalence)
         shown = " | ".join(f"{k} {'-' if m[k] is None else format(m[k], '.1f')}" for k in ("overall", "many", "medium", "few"))
-        print(f"eval: {shown} | metrics: {m['out']}/metrics.json"
+        print(f"eval: {shown} | wrote {', '.join(m['files'])}"
               + (f" | {len(m['unreadable'])} unreadable file(s) skipped" if m["unreadable"] else ""))
         return 0
     from ..engine.inference import evaluate_checkpoint

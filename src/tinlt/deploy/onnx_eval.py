@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import fileio
 from ..errors import TinltError
+from ..run_files import METRICS, PREDICTIONS
 
 
 LOADERS = ("list", "csv", "folder")
@@ -107,7 +108,7 @@ def evaluate_onnx(path: str | Path, overrides: Sequence[str] = (), out_dir: Opti
     metrics["model"] = {"path": str(Path(path).resolve()), "sha256": fileio.sha256(path)}
     out = Path(out_dir) if out_dir else Path(path).with_suffix("").with_name(Path(path).stem + "_eval")
     out.mkdir(parents=True, exist_ok=True)
-    fileio.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    fileio.write_text(out / METRICS, json.dumps(metrics, indent=2) + "\n")
     import io
 
     buf = io.StringIO(newline="")
@@ -119,6 +120,7 @@ def evaluate_onnx(path: str | Path, overrides: Sequence[str] = (), out_dir: Opti
         w.writerow([int(i), str(paths[i]), names[targets[k]], names[preds[k]],
                     *([names[decided[k]]] if decided is not None else []), int(final[k] == targets[k]),
                     *(f"{v:.6f}" for v in probs[k])])
-    fileio.write_text(out / "predictions.csv", buf.getvalue())
+    fileio.write_text(out / PREDICTIONS, buf.getvalue())
     metrics["out"] = str(out)
+    metrics["files"] = [str(out / METRICS), str(out / PREDICTIONS)]
     return metrics

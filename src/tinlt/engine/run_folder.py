@@ -35,12 +35,11 @@ import yaml
 
 from .. import __version__, fileio
 from ..errors import TinltError
+from ..run_files import METRICS, PREDICTIONS  # noqa: F401 - the run folder's names for them
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 LOG = "log.jsonl"
-METRICS = "metrics.json"
-PREDICTIONS = "predictions.csv"  # one row per test image (engine/inference.write_predictions_csv)
 VAL_PREDICTIONS = "val_predictions.npz"  # train.save_val_predictions: raw val logits per evaluated epoch
 LAST = "last.pt"
 BEST = "best.pt"
