@@ -105,7 +105,10 @@ def test_ctrl_c_stops_the_workers_and_every_cell_resumes(grid):
     out = grid / "o"
     cmd = [sys.executable, "-m", "tinlt", "sweep", "-c", str(g), "--out", str(out), "--workers", "2",
            "--threads", "1", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the launcher: a suite started in the background of a non-interactive
+    # shell (`pytest &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt for it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*/last.pt"))) < 2:
         time.sleep(0.2)
