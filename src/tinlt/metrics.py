@@ -130,6 +130,27 @@ def precision_at_prevalence(recall: Optional[float], fpr: Optional[float], preva
     return hits / (hits + false_alarms) if hits + false_alarms else None
 
 
+
+def add_precision_at_prevalence(metrics: dict, prevalence: Optional[float]) -> None:
+    """With ``prevalence``, each binary operating point in ``metrics`` (argmax and ``at_threshold``)
+    gains the precision to expect where the rare class has that share (``tinlt eval --prevalence``)."""
+    if prevalence is None:
+        return
+    for m in (metrics, metrics.get("at_threshold") or {}):
+        if "binary" in m:
+            b = m["binary"]
+            b["precision_at_prevalence"] = {"prevalence": prevalence,
+                                            "precision": precision_at_prevalence(b["recall"], b["fpr"], prevalence)}
+
+
+def scores_line(m: dict) -> str:
+    """overall / many / medium / few / instance, as the console prints them."""
+    def f(v):
+        return "  -  " if v is None else f"{v:5.1f}"
+
+    return (f"overall {f(m['overall'])} | many {f(m['many'])} | medium {f(m['medium'])} | "
+            f"few {f(m['few'])} | instance {f(m['instance_acc'])}")
+
 def _binary(
     confusion: np.ndarray,
     train_counts: np.ndarray,

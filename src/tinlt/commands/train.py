@@ -49,10 +49,10 @@ def _cmd_eval(a) -> int:
     hide_bars(a.quiet)
     if str(a.checkpoint).lower().endswith(".onnx"):  # torch-free: the split comes from data.test.* overrides
         from ..deploy.onnx_eval import evaluate_onnx
+        from ..metrics import scores_line
 
         m = evaluate_onnx(a.checkpoint, a.overrides, out_dir=a.out, prevalence=a.prevalence)
-        shown = " | ".join(f"{k} {'-' if m[k] is None else format(m[k], '.1f')}" for k in ("overall", "many", "medium", "few"))
-        print(f"eval: {shown} | wrote {', '.join(m['files'])}"
+        print(f"eval: {scores_line(m)} | wrote {', '.join(m['files'])}"
               + (f" | {len(m['unreadable'])} unreadable file(s) skipped" if m["unreadable"] else ""))
         return 0
     from ..engine.inference import evaluate_checkpoint

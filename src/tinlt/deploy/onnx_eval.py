@@ -49,7 +49,7 @@ def evaluate_onnx(path: str | Path, overrides: Sequence[str] = (), out_dir: Opti
 
     from ..data.groups import shot_groups
     from ..data.sources import load_csv, load_folder, load_list
-    from ..metrics import compute_metrics, confusion_matrix, precision_at_prevalence
+    from ..metrics import add_precision_at_prevalence, compute_metrics, confusion_matrix
     from ..names import csv_writer
     from .backend import score_files
     from .onnx_predict import OnnxClassifier
@@ -98,12 +98,7 @@ def evaluate_onnx(path: str | Path, overrides: Sequence[str] = (), out_dir: Opti
         decided = backend.rule.decide(probs)
         metrics["at_threshold"] = {"threshold": backend.rule.value, "rule": backend.rule.describe(),
                                    **scored_metrics(decided)}
-    if prevalence is not None:
-        for m in (metrics, metrics.get("at_threshold") or {}):
-            if "binary" in m:
-                b = m["binary"]
-                b["precision_at_prevalence"] = {"prevalence": prevalence,
-                                                "precision": precision_at_prevalence(b["recall"], b["fpr"], prevalence)}
+    add_precision_at_prevalence(metrics, prevalence)
     metrics["unreadable"] = [{"file": f, "reason": r} for f, r in scored.bad]
     metrics["model"] = {"path": str(Path(path).resolve()), "sha256": fileio.sha256(path)}
     out = Path(out_dir) if out_dir else Path(path).with_suffix("").with_name(Path(path).stem + "_eval")

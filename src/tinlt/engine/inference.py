@@ -27,7 +27,7 @@ from ..config import from_dict
 from ..data.bundle import DataBundle
 from ..errors import TinltError
 from ..names import csv_writer
-from ..metrics import ThresholdRule, confusion_matrix, threshold_rule
+from ..metrics import ThresholdRule, add_precision_at_prevalence, confusion_matrix, scores_line, threshold_rule
 from ..models.adjust import apply_eval_adjustments
 from . import checkpoint as ckpt_io
 from .device import resolve_device
@@ -185,15 +185,6 @@ def evaluate(model: Any, samples, cfg, data: DataBundle, *, rule: Optional[Thres
     return m
 
 
-def scores_line(m: dict) -> str:
-    """overall / many / medium / few / instance, as the console prints them."""
-    def f(v):
-        return "  -  " if v is None else f"{v:5.1f}"
-
-    return (f"overall {f(m['overall'])} | many {f(m['many'])} | medium {f(m['medium'])} | "
-            f"few {f(m['few'])} | instance {f(m['instance_acc'])}")
-
-
 def banner(cfg, data, device, world_size: int, global_batch: int, lr: float, steps: int, run) -> str:
     """The line a training run starts with: what trains on what, how, and where it goes."""
     return (f"tinlt: {cfg.name} | {len(data.classnames)} classes, {len(data.train)} train images | model "
@@ -260,7 +251,6 @@ def evaluate_checkpoint(
     (default ``<run>/eval``). Two-class runs also get their operating point: the rare class's
     precision and recall at argmax and at a calibrated threshold, and the precision to expect
     at the training prevalence or ``prevalence``."""
-    from ..metrics import precision_at_prevalence
 
     if prevalence is not None and not 0 < prevalence < 1:
         raise TinltError(f"--prevalence must be a share in (0, 1), got {prevalence}")
@@ -275,12 +265,7 @@ def evaluate_checkpoint(
     metrics = evaluate(model, test, cfg, data, device=device, desc="eval", rule=rule_of(ckpt), quiet=quiet,
                        csv=out.predictions_path)
     metrics["checkpoint"] = {"path": str(Path(path).resolve()), "sha256": fileio.sha256(path)}
-    if prevalence is not None:
-        for m in (metrics, metrics.get("at_threshold") or {}):
-            if "binary" in m:
-                b = m["binary"]
-                b["precision_at_prevalence"] = {"prevalence": prevalence,
-                                                "precision": precision_at_prevalence(b["recall"], b["fpr"], prevalence)}
+    add_precision_at_prevalence(metrics, prevalence)
     out.write_metrics(metrics)
     echo(f"eval: {scores_line(metrics)} | metrics: {out.metrics_path}, {out.predictions_path}", quiet=quiet)
     if "at_threshold" in metrics:
