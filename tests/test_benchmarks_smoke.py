@@ -56,6 +56,18 @@ def test_bench_cache_tiny():
     assert lines[-1].startswith("epoch speed-up from the feature cache")
 
 
+def test_bench_pipeline_tiny(tmp_path):
+    out = tmp_path / "pipeline.json"
+    _, lines, _ = _run("bench_pipeline.py", "--images", "4", "--rounds", "1", "--size", "32", "--width", "90",
+                       "--height", "70", "--json", str(out))
+    import json
+
+    rates = json.loads(out.read_text())["rates"]
+    assert set(rates) == {"decode", "eval", "paper_full", "paper", "light", "light_float"}
+    assert all(r["images_per_s_cpu"] > 0 for r in rates.values()) and rates["light"]["vs_light"] == 1.0
+    assert lines[-1].startswith("paper vs light_float: ")
+
+
 def test_bench_inference_tiny():
     _, lines, _ = _run("bench_inference.py", "--model", "tiny-vit", "--batch", "4", "--classes", "10",
                     "--rounds", "1", "--iters", "1")

@@ -30,12 +30,13 @@ def quiet_worker(_worker_id: int) -> None:
 
 def make_transforms(model, cfg: DictConfig):
     """(train, eval) transforms for ``model``'s image tower at ``data.image_size``; with
-    ``data.tta`` the eval transform gives a stack of test-time views per image."""
+    ``data.tta`` the eval transform gives a stack of test-time views per image. Training
+    images stay uint8 until the trainer normalises them on its device (``normalize_batch``)."""
     from ..data.transforms import build_transforms
 
     tower = model.image_tower
     train_tf = build_transforms(cfg.data.image_size, tower.image_mean, tower.image_std, train=True,
-                                augment=cfg.data.augment)
+                                augment=cfg.data.augment, uint8=True)
     return train_tf, eval_transform(model, cfg)
 
 
@@ -104,8 +105,11 @@ def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.devi
     )
 
 
-def train_dataset(train_samples, transform) -> SeededDataset:
-    """Training images with a per-sample augmentation seed (exact resume, any worker count)."""
-    from ..data.dataset import ImageDataset
+def train_dataset(train_samples, transform, cfg: Optional[DictConfig] = None) -> SeededDataset:
+    """Training images with a per-sample augmentation seed (exact resume, any worker count);
+    with ``cfg``, big JPEGs are decoded at the reduced scale its crops allow (``draft_size``)."""
+    from ..data.dataset import DEFAULT_DRAFT_SIZE, ImageDataset
+    from ..data.transforms import draft_size
 
-    return SeededDataset(ImageDataset(train_samples, transform))
+    draft = DEFAULT_DRAFT_SIZE if cfg is None else draft_size(cfg.data.image_size, True, cfg.data.augment)
+    return SeededDataset(ImageDataset(train_samples, transform, draft_size=draft))

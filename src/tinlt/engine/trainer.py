@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..config import to_dict
+from ..data.transforms import normalize_batch
 from ..errors import Interrupted, TinltError
 from ..models.adjust import apply_eval_adjustments
 from ..models.tuning import describe_trainable, trainable_summary
@@ -95,7 +96,7 @@ class _Run:
         if ckpt is None and (not cfg.model.init_from or cfg.model.reinit_head):
             init_classifier(model, data.train, self.view_tf, cfg, self.device, log=self.log)
         self.loss_fn = build_loss(cfg.loss, data.train_counts).to(self.device)
-        self.train_ds = train_dataset(data.train, self.train_tf)
+        self.train_ds = train_dataset(data.train, self.train_tf, cfg)
         self.order = epoch_order(data.train, cfg, self.dist)
 
     def build_optimization(self) -> None:
@@ -249,6 +250,8 @@ class _Run:
     def forward_backward(self, images, targets) -> Optional[torch.Tensor]:
         accum = self.cfg.optim.accum_steps
         images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        if isinstance(images, torch.Tensor):  # uint8 from the loader: a quarter of the bytes to copy
+            images = normalize_batch(images, self.model.image_tower.image_mean, self.model.image_tower.image_std)
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         b = self.batch_in_epoch + 1
