@@ -62,10 +62,12 @@ def test_bench_pipeline_tiny(tmp_path):
                        "--height", "70", "--json", str(out))
     import json
 
-    rates = json.loads(out.read_text())["rates"]
-    assert set(rates) == {"decode", "eval", "paper_full", "paper", "light", "light_float"}
+    got = json.loads(out.read_text())
+    rates = got["rates"]
+    assert set(rates) == {"decode", "eval", "paper_full", "paper", "light", "light_float", "cache_read", "paper_cached"}
     assert all(r["images_per_s_cpu"] > 0 for r in rates.values()) and rates["light"]["vs_light"] == 1.0
-    assert lines[-1].startswith("paper vs light_float: ")
+    assert got["cache_same"] is True and got["cache_equal"] is True  # what the cache must hold at any size
+    assert lines[-2].startswith("paper vs light_float: ") and lines[-1].startswith("cache_read vs decode: ")
 
 
 def test_bench_inference_tiny():

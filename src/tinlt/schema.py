@@ -97,6 +97,8 @@ class DataConfig:
     many_threshold: int = 100  # many: count > many_threshold
     few_threshold: int = 20  # few: count < few_threshold
     groups: str = "auto"  # absolute | relative (2 classes: common = many, rare = few) | auto
+    # a pre-resized cache folder from 'tinlt data cache' (data/image_cache.py); "" = decode the files
+    image_cache: str = ""
     validate: bool = True  # check every file up front (exists, non-empty, image header); report in the run folder
     strict: bool = False  # any bad sample fails the run before training; default: skip it and report it
 

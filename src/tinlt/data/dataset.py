@@ -4,7 +4,8 @@ Path items are decoded with :func:`tinlt.data.images.open_image` (upright RGB, b
 decoded at reduced scale); in-memory uint8 arrays become PIL images. A file that fails to
 decode does not stop a long run: the next decodable sample stands in, the file is logged
 once and listed in ``bad_items``. (With DataLoader workers each worker keeps its own list;
-the log warning is what reaches the user.)
+the log warning is what reaches the user.) With an ``image_cache`` (data/image_cache.py),
+path items found in it unchanged are read pre-resized from its shards instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ImageDataset(torch.utils.data.Dataset):
         samples: Samples,
         transform: Optional[Callable] = None,
         draft_size: Optional[int] = DEFAULT_DRAFT_SIZE,
+        image_cache=None,
     ) -> None:
         if len(samples) == 0:
             raise TinltError(f"{samples.source or 'split'}: no samples (empty split)")
@@ -38,6 +40,9 @@ class ImageDataset(torch.utils.data.Dataset):
         self.draft_size = draft_size
         self.bad_items: list[tuple[str, str]] = []  # (path, reason), once per file
         self._bad: set[int] = set()
+        self.image_cache = None if samples.in_memory else image_cache
+        self._rows = self.image_cache.rows(samples.items) if self.image_cache is not None else None
+        self.uncached = 0 if self._rows is None else int((self._rows < 0).sum())
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -46,6 +51,8 @@ class ImageDataset(torch.utils.data.Dataset):
         item = self.samples.items[index]
         if self.samples.in_memory:
             return Image.fromarray(item)
+        if self._rows is not None and self._rows[index] >= 0:
+            return self.image_cache.read(int(self._rows[index]))
         return open_image(item, draft_size=self.draft_size)
 
     def __getitem__(self, index: int):

@@ -8,6 +8,7 @@ starts mid-epoch. Evaluation loaders shard without padding (``Shard``) and, when
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -51,14 +52,34 @@ def eval_transform(model, cfg: DictConfig, *, views: bool = True):
                             tta=tta, tta_expand=cfg.data.get("tta_expand", 24))
 
 
+@functools.lru_cache(maxsize=4)
+def _open_image_cache(path: str):
+    from ..data.image_cache import ImageCache
+
+    return ImageCache(path)
+
+
+def image_dataset(samples, transform, cfg: DictConfig, draft_size=None):
+    """An ImageDataset that reads ``data.image_cache`` when one is set, and says once how
+    many of the split's images it does not hold (those are decoded from their files)."""
+    from ..data.dataset import DEFAULT_DRAFT_SIZE, ImageDataset
+    from .progress import echo
+
+    setting = str(cfg.data.get("image_cache", "") or "").strip()
+    cache = _open_image_cache(setting) if setting else None
+    ds = ImageDataset(samples, transform, draft_size=draft_size or DEFAULT_DRAFT_SIZE, image_cache=cache)
+    if cache is not None and ds.uncached:
+        echo(f"data.image_cache: {ds.uncached} of {len(samples)} images of {samples.source or 'a split'} "
+             "are not in the cache (new or changed files); decoding those from their files")
+    return ds
+
+
 def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo = DistInfo(),
                 device: torch.device = torch.device("cpu"), features=None, persistent: bool = False) -> DataLoader:
     """``features``: a FeatureStore (engine/feature_cache.py) to read the image tower's outputs from.
     ``persistent``: its workers survive between passes (the trainer's loader, used every epoch;
     restarting them cost a worker start-up per epoch)."""
-    from ..data.dataset import ImageDataset
-
-    ds = features.dataset(samples, desc="eval") if features is not None else ImageDataset(samples, transform)
+    ds = features.dataset(samples, desc="eval") if features is not None else image_dataset(samples, transform, cfg)
     workers = 0 if features is not None else cfg.data.num_workers
     return DataLoader(
         ds,
@@ -108,8 +129,10 @@ def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.devi
 def train_dataset(train_samples, transform, cfg: Optional[DictConfig] = None) -> SeededDataset:
     """Training images with a per-sample augmentation seed (exact resume, any worker count);
     with ``cfg``, big JPEGs are decoded at the reduced scale its crops allow (``draft_size``)."""
-    from ..data.dataset import DEFAULT_DRAFT_SIZE, ImageDataset
+    from ..data.dataset import ImageDataset
     from ..data.transforms import draft_size
 
-    draft = DEFAULT_DRAFT_SIZE if cfg is None else draft_size(cfg.data.image_size, True, cfg.data.augment)
-    return SeededDataset(ImageDataset(train_samples, transform, draft_size=draft))
+    if cfg is None:
+        return SeededDataset(ImageDataset(train_samples, transform))
+    draft = draft_size(cfg.data.image_size, True, cfg.data.augment)
+    return SeededDataset(image_dataset(train_samples, transform, cfg, draft_size=draft))
