@@ -222,3 +222,44 @@ def test_the_trainers_eval_loader_keeps_its_workers_between_epochs(rgb_folder):
     assert not eval_loader(samples, None, cfg).persistent_workers  # a one-off pass: no workers left behind
     cfg0 = load_config(None, ["data.num_workers=0"])
     assert not eval_loader(samples, None, cfg0, persistent=True).persistent_workers  # nothing to keep
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        index, _seed = key
+        return torch.tensor(index)
+
+
+@pytest.mark.parametrize("compiled,n,sizes", [
+    (False, 10, [4, 4, 2]),  # eager: every sample every epoch
+    (True, 10, [4, 4]),      # compiled: the short batch would recompile the model each epoch
+    (True, 3, [3]),          # fewer samples than a batch: nothing to drop
+])
+def test_compiled_runs_drop_the_short_batch_and_count_steps_the_same(compiled, n, sizes):
+    from tinlt.config import load_config
+    from tinlt.engine.loaders import train_loader
+    from tinlt.engine.optim import step_counts
+    from tinlt.engine.sampling import EpochOrder
+
+    cfg = load_config(overrides=["optim.batch_size=4", f"train.compile={str(compiled).lower()}", "data.num_workers=0"])
+    order = EpochOrder(n, seed=0)
+    got = [len(b) for b in train_loader(_Indices(n), order, cfg, torch.device("cpu"))]
+    assert got == sizes
+    assert step_counts(cfg, n)[0] == len(sizes)
+
+
+def test_fused_optimizers_only_where_every_tensor_is_on_cuda():
+    from tinlt.engine.optim import fused_available
+
+    cpu, meta = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, device="meta"))
+    assert not fused_available([{"params": [cpu]}])
+    assert not fused_available([{"params": [meta]}])
+    if torch.cuda.is_available():  # where a GPU is lent: the optimizer the trainer builds is fused
+        gpu = torch.nn.Parameter(torch.zeros(2, device="cuda"))
+        assert fused_available([{"params": [gpu]}]) and not fused_available([{"params": [gpu, cpu]}])

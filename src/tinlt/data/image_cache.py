@@ -5,7 +5,7 @@ its shorter side resized to ``short_side`` with Pillow's bicubic filter (never e
 and its raw RGB bytes appended to a few large shard files (``pixels-000.bin``, ... up to
 1 GiB each) that a training run then reads with ``mmap``: no decoding, no resizing, one
 sequential file per gigabyte. A 500x375 JPEG at short side 256 is 262 KB raw (30 GB for
-ImageNet-LT's 116k training images), read back about 10x faster than decoded
+ImageNet-LT's 116k training images), read back 14x faster than decoded
 (benchmarks/bench_pipeline.py).
 
 The rules are the feature cache's (engine/feature_cache.py): an entry is a folder named by

@@ -109,7 +109,10 @@ def epoch_order(train_samples, cfg: DictConfig, dist_info: DistInfo) -> EpochOrd
 
 def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.device,
                  num_workers: Optional[int] = None) -> DataLoader:
-    """Built once: persistent workers survive epochs; ``order.set_epoch`` still takes effect."""
+    """Built once: persistent workers survive epochs; ``order.set_epoch`` still takes effect.
+    The last short batch is dropped when the model is compiled (``optim.drops_last``)."""
+    from .optim import drops_last
+
     workers = cfg.data.num_workers if num_workers is None else num_workers
     return DataLoader(
         dataset,
@@ -118,7 +121,7 @@ def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.devi
         num_workers=workers,
         collate_fn=getattr(dataset, "collate_fn", None),
         pin_memory=device.type == "cuda",
-        drop_last=False,
+        drop_last=drops_last(cfg, len(order.order())),
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # leave the global RNG alone
         prefetch_factor=4 if workers > 0 else None,

@@ -38,9 +38,24 @@ def build_optimizer(model, cfg: DictConfig, global_batch: Optional[int] = None) 
                 groups.append({"params": ps, "lr": base_lr * mult[name], "weight_decay": wd, "name": name})
     if not groups:
         raise TinltError("nothing to train: both towers are frozen and the model has no new parameters")
+    # fused kernels on CUDA: one launch for all parameters instead of one per tensor. Not on
+    # CPU, where torch's fused AdamW rounds differently from the for-each path earlier runs used
+    fused = {"fused": True} if fused_available(groups) else {}
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=base_lr, momentum=o.momentum)
-    return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(o.betas))
+        return torch.optim.SGD(groups, lr=base_lr, momentum=o.momentum, **fused)
+    return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(o.betas), **fused)
+
+
+def fused_available(groups) -> bool:
+    """Every trainable tensor on a CUDA device (torch's fused SGD / AdamW need that)."""
+    devices = {p.device.type for g in groups for p in g["params"]}
+    return devices == {"cuda"}
+
+
+def drops_last(cfg: DictConfig, samples_per_epoch: int) -> bool:
+    """With ``train.compile`` the epoch's last, short batch is dropped (when a full one exists):
+    a compiled model otherwise recompiles for its shape every epoch."""
+    return bool(cfg.train.get("compile", False)) and samples_per_epoch >= cfg.optim.batch_size
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str):
@@ -58,7 +73,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str):
 
 def step_counts(cfg: DictConfig, samples_per_epoch: int) -> tuple[int, int, int]:
     """(batches per epoch, optimizer steps per epoch, total steps after train.max_steps)."""
-    batches = math.ceil(samples_per_epoch / cfg.optim.batch_size)
+    bs = cfg.optim.batch_size
+    batches = samples_per_epoch // bs if drops_last(cfg, samples_per_epoch) else math.ceil(samples_per_epoch / bs)
     per_epoch = max(1, batches // cfg.optim.accum_steps)
     total = per_epoch * cfg.optim.epochs
     return batches, per_epoch, min(total, cfg.train.max_steps) if cfg.train.max_steps > 0 else total
