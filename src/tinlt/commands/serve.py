@@ -7,6 +7,7 @@ Thin shells over :mod:`tinlt.deploy.serve` (HTTP service) and :mod:`tinlt.deploy
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 from .common import add_quiet, add_trust_arg
@@ -41,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     p.add_argument("--body-timeout-s", type=float, default=30.0,
                    help="a request's body must be complete this long after its headers (408)")
     p.add_argument("--topk", type=int, default=5, help="default top-k (a request may ask for another)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="onnxruntime intra-op threads per worker (0 = the machine's cores shared among the workers)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes on one port: decoding and HTTP work on several cores (default 1)")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding and resizing images")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     add_trust_arg(p)
@@ -76,7 +80,7 @@ def _cmd_serve(a) -> int:
     from ..deploy.serve import ServeConfig, check_exposure, serve
     from ..errors import TinltError
 
-    for name in ("port", "max_batch", "max_images", "max_concurrency", "topk", "max_pixels", "max_uploads"):
+    for name in ("port", "max_batch", "max_images", "max_concurrency", "topk", "max_pixels", "max_uploads", "workers"):
         if getattr(a, name) < 1:
             raise TinltError(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("max_image_mb", "header_timeout_s", "body_timeout_s", "max_request_mb"):
@@ -90,7 +94,12 @@ def _cmd_serve(a) -> int:
                       max_image_bytes=int(a.max_image_mb * 1024 * 1024), max_uploads=a.max_uploads,
                       header_timeout_s=a.header_timeout_s, body_timeout_s=a.body_timeout_s)
     check_exposure(cfg)  # before loading anything
-    return serve(lambda: open_model(a.model, threads=a.threads), cfg, label=a.model, log_requests=a.access_log)
+    threads = a.threads
+    if not threads and a.workers > 1:  # each worker its share of the cores, not all of them each
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // a.workers)
+    load = functools.partial(open_model, a.model, threads=threads)  # picklable: workers load their own
+    return serve(load, cfg, label=a.model, log_requests=a.access_log, workers=a.workers)
 
 
 def _cmd_mine(a) -> int:

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from ..errors import TinltError
-from .images import open_image
+from .images import DEFAULT_DRAFT_SIZE, open_image
 from .samples import Samples
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DRAFT_SIZE = 1024  # JPEGs >= 2x this are decoded at 1/2..1/8 scale, never below it
+__all__ = ["DEFAULT_DRAFT_SIZE", "ImageDataset"]  # the draft size lives in images.py (torch-free)
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -21,6 +21,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 MAX_PIXELS = 200_000_000
+# JPEGs at least twice this on both sides decode at 1/2..1/8 scale, never below it: the one rule
+# for evaluation, predict and serve, so all three see the same pixels (training: transforms.draft_size)
+DEFAULT_DRAFT_SIZE = 1024
 # Pillow raises DecompressionBombError above 2x this, and warns above it; we check the
 # (possibly draft-reduced) size ourselves against MAX_PIXELS in open_image.
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:

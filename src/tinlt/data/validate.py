@@ -39,12 +39,12 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import TinltError
 from ..fileio import write_text
-from .images import MAX_PIXELS, open_image
+from .images import DEFAULT_DRAFT_SIZE, MAX_PIXELS, open_image
 from .samples import Samples
 
 REPORT_JSON = "data_report.json"
 REPORT_TXT = "data_report.txt"
-DRAFT_SIZE = 1024  # as tinlt.data.dataset.DEFAULT_DRAFT_SIZE: big JPEGs are decoded reduced
+DRAFT_SIZE = DEFAULT_DRAFT_SIZE  # big JPEGs are decoded reduced, as evaluation decodes them
 _CHUNK = 64  # paths per thread-pool task: few futures even for 100k images
 _JPEG_EOI = b"\xff\xd9"
 

@@ -87,7 +87,7 @@ def score_files(backend: Backend, paths: Sequence[Path], *, batch_size: int = 64
                 desc: str = "predict", per_image: Optional[Callable[[Image.Image], Any]] = None) -> Scored:
     """Decode, preprocess and score every file in batches; an unreadable file is listed in
     ``bad`` and does not stop the others. ``per_image(image)`` runs on each decoded image."""
-    from ..data.images import open_image
+    from ..data.images import DEFAULT_DRAFT_SIZE, open_image
     from ..engine.progress import progress  # tqdm only: no torch
 
     out, probs = Scored(), []
@@ -96,7 +96,7 @@ def score_files(backend: Backend, paths: Sequence[Path], *, batch_size: int = 64
         arrays = []
         for p in paths[start:start + step]:
             try:
-                img = open_image(p)
+                img = open_image(p, draft_size=DEFAULT_DRAFT_SIZE)  # as evaluation and serve decode
                 arrays.append(backend.preprocess(img))
                 out.extra.append(per_image(img) if per_image is not None else None)
                 out.paths.append(p)

@@ -130,7 +130,7 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 class _Metrics:
-    def __init__(self) -> None:
+    def __init__(self, worker: Optional[int] = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # no *_created series: a scrape shows counts, not start times
@@ -145,6 +145,11 @@ class _Metrics:
         self.model_time = Histogram("tinlt_model_seconds", "time per model call (s)", registry=r,
                                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.in_flight = Gauge("tinlt_requests_in_flight", "requests being handled", registry=r)
+        if worker is not None:  # serve --workers: each scrape is one worker's counts; say whose
+            import os
+
+            Gauge("tinlt_worker", "the worker process that answered this scrape", ["worker", "pid"],
+                  registry=r).labels(str(worker), str(os.getpid())).set(1)
 
     def on_batch(self, size: int, seconds: float) -> None:
         self.batch.observe(size)
@@ -192,9 +197,10 @@ def _decode_b64(item: Any, i: int) -> tuple[str, Any]:
 
 
 def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[Callable[[Any], None]] = None,
-               on_load_error: Optional[Callable[[BaseException], None]] = None):
+               on_load_error: Optional[Callable[[BaseException], None]] = None, worker: Optional[int] = None):
     """The ASGI app. ``load()`` builds the backend (in a thread, after the server is up:
-    ``/health`` answers 503 until it is done); ``on_ready`` / ``on_load_error`` are told."""
+    ``/health`` answers 503 until it is done); ``on_ready`` / ``on_load_error`` are told.
+    ``worker``: this process's number under ``serve --workers`` (labels ``/metrics``)."""
     import contextlib
 
     from starlette.applications import Starlette
@@ -202,10 +208,10 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from ..data.images import open_image
+    from ..data.images import DEFAULT_DRAFT_SIZE, open_image
     from .card import model_card
 
-    metrics = _Metrics()
+    metrics = _Metrics(worker)
     state: dict[str, Any] = {"backend": None, "card": None, "error": None, "in_flight": 0, "uploads": 0}
     pre_pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, cfg.preprocess_threads),
                                                      thread_name_prefix="tinlt-decode")
@@ -349,7 +355,9 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
                                  "application/json ({\"images\": [base64, ...]})")
 
     def prepare(data: bytes) -> np.ndarray:
-        img = open_image(io.BytesIO(data), max_pixels=cfg.max_pixels, max_bytes=cfg.max_image_bytes)
+        # big JPEGs decode at 1/2-1/8 scale (libjpeg DCT scaling), as evaluation and predict decode them
+        img = open_image(io.BytesIO(data), draft_size=DEFAULT_DRAFT_SIZE, max_pixels=cfg.max_pixels,
+                         max_bytes=cfg.max_image_bytes)
         big = img.width * img.height >= BIG_IMAGE_PIXELS
         out = state["backend"].preprocess(img)
         del img
@@ -555,12 +563,18 @@ def header_timeout_protocol(seconds: float):
     return HeaderTimeoutH11
 
 
-def serve(load: Callable[[], Any], cfg: ServeConfig, *, label: str = "", log_requests: bool = False) -> int:
+def serve(load: Callable[[], Any], cfg: ServeConfig, *, label: str = "", log_requests: bool = False,
+          workers: int = 1) -> int:
     """Run the app under uvicorn until SIGTERM / SIGINT (in-flight requests finish); 0, or 2
-    when the model could not be loaded."""
+    when the model could not be loaded. ``workers`` > 1: that many processes
+    (:mod:`.serve_workers`; ``load`` must then be picklable)."""
     import uvicorn
 
     check_exposure(cfg)
+    if workers > 1:
+        from .serve_workers import serve_workers
+
+        return serve_workers(load, cfg, workers, label=label, log_requests=log_requests)
     failed: list[BaseException] = []
     server: Optional[uvicorn.Server] = None
 
