@@ -582,3 +582,29 @@ def test_bench_serve_runs_every_phase_without_a_5xx(served, tmp_path):
         assert (refused > 0) == (r["corrupt_share"] > 0), r
     assert {k: c["server_5xx"] for k, c in report["counts"].items()} == {"1": 0.0, "2": 0.0}
     assert "traceback" not in proc.stderr.lower()
+
+
+def test_worker_sockets_get_tcp_nodelay_from_asyncio():
+    """asyncio sets TCP_NODELAY on accepted connections only for sockets made as TCP; without
+    it a keep-alive client of ``serve --workers`` waited ~40 ms per request (Nagle's algorithm
+    against delayed ACKs)."""
+    import asyncio
+
+    from tinlt.deploy.serve_workers import bind
+
+    sock = bind("127.0.0.1", 0, listen=True)
+    got: dict = {}
+
+    async def main() -> None:
+        async def handler(reader, writer):
+            got["nodelay"] = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            writer.close()
+
+        server = await asyncio.start_server(handler, sock=sock)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        await reader.read()
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+    assert got["nodelay"] != 0
