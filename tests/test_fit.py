@@ -317,3 +317,35 @@ def test_the_probes_c_is_the_best_on_inner_folds_by_scikit_learn():
     assert c == best and "5 inner folds" in how
     ref = LogisticRegression(C=best, max_iter=5000, tol=1e-8).fit(z, labels).decision_function(z)
     np.testing.assert_allclose(feats @ weight.T.astype(np.float64) + bias, ref, rtol=1e-3, atol=5e-3)  # float32 rows
+
+
+def test_label_issues_rank_on_probabilities_before_the_balance_adjustment(tmp_path):
+    """cleanlab wants p(given label | image) under the training labels' own distribution. By
+    hand, 60 T-labelled images at p(T) = 0.6 and 8 flipped ones labelled S at p(S) = 0.15 (12
+    real S at 0.8), counts 60 : 20, tau 1: adjusted, p(T) of the first becomes
+    1 / (1 + 1.5^-1 * 3) = 0.333 and p(S) of the flipped 1 / (1 + (0.85/0.15) / 3) = 0.346, so the
+    60 would outrank the 8; unadjusted, the 8 (0.15) come first."""
+    import csv
+
+    from tinlt.data.samples import Samples
+    from tinlt.fit import oof
+    from tinlt.fit.outputs import LABEL_ISSUES, write_outputs
+
+    p_label = np.r_[np.full(60, 0.6), np.full(8, 0.15), np.full(12, 0.8)]
+    target = np.repeat([0, 1], [60, 20])
+    p_t = np.where(target == 0, p_label, 1 - p_label)
+    logits = np.log(np.stack([p_t, 1 - p_t], axis=1))[None]
+    counts = np.array([60, 20])
+    pooled = {"probe": oof.Pooled(np.arange(80), target, np.array([1]), logits)}
+    choices = {"probe": oof.Choice(epoch_index=0, epoch=1, tau=1.0, score=50.0)}
+    record = {"chosen": "probe", "leader": "probe", "metric": "per_class", "folds": 5, "train_images": 80,
+              "why": "the only one", "model": "model", "recipes": [
+                  {"name": "probe", "kind": "baseline", "score": 50.0, "interval_vs_leader": None, "tau": 1.0,
+                   "epoch": 1, "fold0": 50.0, "cost_s": 1.0, "status": "all folds"}]}
+    train = Samples(items=np.zeros((80, 4, 4), dtype=np.uint8), labels=target, classnames=["T", "S"])
+    write_outputs(tmp_path, record, pooled, choices, counts, train, oof.adjust(logits[0], counts, 1.0),
+                  log=lambda *a: None)
+    with open(tmp_path / LABEL_ISSUES, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["index"]) for r in rows[:8]) == list(range(60, 68))
+    assert float(rows[0]["p_label"]) == pytest.approx(0.15, abs=1e-6)
