@@ -18,7 +18,16 @@ on the GPU with the paths that cannot be exercised on a CPU-only machine: fp16 a
 GradScaler with a channels-last ResNet tower, and bf16 + torch.compile + the on-disk feature
 cache with a ViT tower; it prints one line per path and fails loudly on any error.
 
+``--trainer`` measures what a user's run does instead: the real trainer on generated JPEGs
+(``--images`` of ``--width`` x ``--height``, class folders), its DataLoader with ``--workers``
+workers, the paper's augmentation, uint8 batches normalised on the device, DDP when started
+under torchrun, the step as shipped. Reported (rank 0): images/s over the timed steps, the
+data-wait share (time the step loop spent blocked on the loader's next batch / the loop's
+time), and peak GPU memory. Target on one GPU with 15 workers: data-wait <= 10%.
+
     python benchmarks/gpu_train.py [--steps 20] [--warmup 3] [--variants all] [--check]
+    python benchmarks/gpu_train.py --trainer --workers 15 [--batch 128] [--images 4096]
+    torchrun --nproc_per_node 8 benchmarks/gpu_train.py --trainer --workers 15
 
 Without a CUDA GPU it prints why and exits with status 1 (``--device cpu`` with a tiny model
 is accepted for a smoke test of the script itself).
@@ -145,6 +154,98 @@ def check(args: argparse.Namespace) -> None:
         print(f"ok  cache entries: {entries}")
 
 
+class TimedLoader:
+    """The trainer's DataLoader, with the time each ``next()`` blocked and when it was asked."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.asked, self.got = loader, [], []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            self.asked.append(time.perf_counter())
+            try:
+                batch = next(it)
+            except StopIteration:
+                self.asked.pop()
+                return
+            self.got.append(time.perf_counter())
+            yield batch
+
+
+def make_jpegs(root: Path, n: int, width: int, height: int, classes: int = 10) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"class_{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), dtype=np.float32)
+        Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)).save(
+            d / f"{i}.jpg", quality=90)
+
+
+def trainer_run(args: argparse.Namespace) -> dict:
+    """The real trainer (see the module doc); rank 0's numbers."""
+    import os
+
+    import torch
+
+    import tinlt.engine.trainer as trainer_module
+    from tinlt.config import load_config
+    from tinlt.engine.trainer import train
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    steps = args.warmup + args.steps
+    n = args.images or steps * args.batch * world
+    root = Path(tempfile.gettempdir()) / f"tinlt_gpu_train_{n}_{args.width}x{args.height}"
+    done = root / "done"
+    if rank == 0 and not done.exists():
+        make_jpegs(root / "train", n, args.width, args.height)
+        make_jpegs(root / "test", 20, args.width, args.height)
+        done.touch()
+    while not done.exists():  # the other ranks wait for rank 0's images
+        time.sleep(0.5)
+    timed: list[TimedLoader] = []
+    real = trainer_module.train_loader
+
+    def timed_loader(*a, **k):
+        timed.append(TimedLoader(real(*a, **k)))
+        return timed[-1]
+
+    trainer_module.train_loader = timed_loader
+    if torch.cuda.is_available() and args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    out = Path(tempfile.mkdtemp(prefix="tinlt_gpu_train_run_"))
+    overrides = [f"model.name={args.model}", f"data.image_size={args.image_size}", f"data.num_workers={args.workers}",
+                 f"optim.batch_size={args.batch}", "optim.epochs=1000", f"train.max_steps={steps}",
+                 f"train.device={args.device}", f"train.amp='{args.amp}'", "train.quiet=true", "train.report=false",
+                 "data.train.kind=folder", f"data.train.path={root / 'train'}", "data.test.kind=folder",
+                 f"data.test.path={root / 'test'}", f"train.output_dir={out}", "data.validate=false",
+                 *args.overrides]
+    t0 = time.perf_counter()
+    train(load_config(args.config, overrides))
+    total = time.perf_counter() - t0
+    loader = timed[-1]
+    got, asked = loader.got, loader.asked
+    # batch i: waited got[i] - asked[i]; its step ran until asked[i + 1] (the next request)
+    spans = [(got[i] - asked[i], asked[i + 1] - got[i]) for i in range(len(got) - 1)][args.warmup:]
+    wait = sum(w for w, _ in spans)
+    loop = sum(w + c for w, c in spans)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() and args.device.startswith("cuda") else 0.0
+    return {"rank": rank, "world": world, "images_per_s": len(spans) * args.batch * world / max(loop, 1e-9),
+            "data_wait_share": wait / max(loop, 1e-9), "timed_steps": len(spans), "peak_gib": peak,
+            "run_s": round(total, 1), "workers": args.workers, "batch": args.batch}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ViT-B-32")
@@ -158,6 +259,13 @@ def main() -> None:
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--check", action="store_true", help="run the GPU-only trainer paths instead")
+    ap.add_argument("--trainer", action="store_true", help="measure the real trainer on generated JPEGs instead")
+    ap.add_argument("--workers", type=int, default=15, help="--trainer: DataLoader workers")
+    ap.add_argument("--images", type=int, default=0, help="--trainer: training JPEGs (default: enough for the steps)")
+    ap.add_argument("--width", type=int, default=500)
+    ap.add_argument("--height", type=int, default=375)
+    ap.add_argument("--config", default=None, help="--trainer: a config to start from (its data is replaced)")
+    ap.add_argument("overrides", nargs="*", help="--trainer: key=value overrides")
     args = ap.parse_args()
 
     import torch
@@ -172,6 +280,16 @@ def main() -> None:
     tune_allocator()
     if args.check:
         check(args)
+        return
+    if args.trainer:
+        r = trainer_run(args)
+        if r["rank"] == 0:
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+            print(f"trainer: {r['images_per_s']:.1f} img/s over {r['timed_steps']} steps, data-wait "
+                  f"{100 * r['data_wait_share']:.1f}% of the step loop (target <= 10%), peak {r['peak_gib']:.2f} GiB; "
+                  f"{args.model}, batch {args.batch} x {r['world']} process(es), {args.image_size} px, "
+                  f"{args.workers} workers, {args.width}x{args.height} JPEGs; {name}", flush=True)
+            print(json.dumps(r))
         return
     variants = VARIANTS if args.variants == "all" else tuple(args.variants.split(","))
     for v in variants:

@@ -70,6 +70,17 @@ def test_bench_pipeline_tiny(tmp_path):
     assert lines[-2].startswith("paper vs light_float: ") and lines[-1].startswith("cache_read vs decode: ")
 
 
+def test_gpu_train_trainer_mode_runs_on_cpu():
+    """The real trainer with a timed loader: every timed step is counted and the shares are sane."""
+    _, lines, _ = _run("gpu_train.py", "--trainer", "--device", "cpu", "--model", "tiny-vit", "--image-size", "32",
+                       "--batch", "8", "--steps", "3", "--warmup", "1", "--workers", "1", "--amp", "off",
+                       "--width", "120", "--height", "90")
+    import json
+
+    r = json.loads(lines[-1])
+    assert r["timed_steps"] == 3 and 0.0 <= r["data_wait_share"] < 1.0 and r["images_per_s"] > 0
+
+
 def test_bench_inference_tiny():
     _, lines, _ = _run("bench_inference.py", "--model", "tiny-vit", "--batch", "4", "--classes", "10",
                     "--rounds", "1", "--iters", "1")
