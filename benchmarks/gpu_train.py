@@ -204,7 +204,7 @@ def trainer_run(args: argparse.Namespace) -> dict:
     from tinlt.engine.trainer import train
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    steps = args.warmup + args.steps
+    steps = args.warmup + args.steps + 1  # one more: a step is timed until the next batch is asked for
     n = args.images or steps * args.batch * world
     root = Path(tempfile.gettempdir()) / f"tinlt_gpu_train_{n}_{args.width}x{args.height}"
     done = root / "done"
@@ -237,7 +237,7 @@ def trainer_run(args: argparse.Namespace) -> dict:
     loader = timed[-1]
     got, asked = loader.got, loader.asked
     # batch i: waited got[i] - asked[i]; its step ran until asked[i + 1] (the next request)
-    spans = [(got[i] - asked[i], asked[i + 1] - got[i]) for i in range(len(got) - 1)][args.warmup:]
+    spans = [(got[i] - asked[i], asked[i + 1] - got[i]) for i in range(len(got) - 1)][args.warmup:args.warmup + args.steps]
     wait = sum(w for w, _ in spans)
     loop = sum(w + c for w, c in spans)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() and args.device.startswith("cuda") else 0.0
@@ -289,8 +289,14 @@ def main() -> None:
                   f"{100 * r['data_wait_share']:.1f}% of the step loop (target <= 10%), peak {r['peak_gib']:.2f} GiB; "
                   f"{args.model}, batch {args.batch} x {r['world']} process(es), {args.image_size} px, "
                   f"{args.workers} workers, {args.width}x{args.height} JPEGs; {name}", flush=True)
-            print(json.dumps(r))
-        return
+            print(json.dumps(r), flush=True)
+        # the trainer stopped mid-epoch at train.max_steps and its persistent loader workers kept
+        # this process from exiting (seen: still alive after 10 minutes); the numbers are out
+        sys.stdout.flush()
+        sys.stderr.flush()
+        import os
+
+        os._exit(0)
     variants = VARIANTS if args.variants == "all" else tuple(args.variants.split(","))
     for v in variants:
         if v not in VARIANTS:
