@@ -134,4 +134,5 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[f
         return images
     m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return images.float().div_(255).sub_(m).div_(s)
+    # x * (1 / 255), then - mean, / std: torchvision's own ops in its order, so bit-identical to the CPU path
+    return images.float().mul_(1.0 / 255).sub_(m).div_(s)
