@@ -78,6 +78,51 @@ def test_two_processes_match_one(dataset, tmp_path):
 
 
 @pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+@pytest.mark.parametrize("counts, sampler, loss, port", [
+    ((5, 3, 1), "instance", "seesaw", 29537),       # 9 images: the last batch holds 1, rank 1 only a stand-in
+    ((6, 4, 1), "class_balanced", "ce", 29538),     # 11 images: the last batch of 3 splits 2 : 1
+])
+def test_two_processes_match_one_when_the_data_does_not_divide(tmp_path, counts, sampler, loss, port):
+    """One process trains on every image of each epoch; two must too (a remainder that sat out
+    lost 1 of 9 images per epoch and a step). Each rank's share of the short last batch is
+    weighed by its real samples, and a rank holding only a stand-in still joins the all-reduces
+    (seesaw's online counts, DDP's gradients): weights and logged losses equal one process's."""
+    from conftest import write_class_folders
+
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    names = ["red", "green", "blue"]
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    rng = np.random.default_rng(3)
+    write_class_folders(tmp_path / "train", dict(zip(names, counts)), colours, rng=rng, size=(12, 12))
+    write_class_folders(tmp_path / "test", dict(zip(names, (2, 2, 1))), colours, rng=rng, size=(12, 12))
+    n = sum(counts)
+    base = [*split_args("folder", tmp_path), "optim.epochs=2", f"loss.name={loss}", f"data.sampler={sampler}",
+            "data.augment=none", "optim.name=sgd", "optim.lr=0.05", *(["loss.online=true"] if loss == "seesaw" else [])]
+    one, two = tmp_path / "one", tmp_path / "two"
+    args_one = [a for a in common_args(one) if not a.startswith("optim.batch_size")] + ["optim.batch_size=4"]
+    args_two = [a for a in common_args(two) if not a.startswith("optim.batch_size")] + ["optim.batch_size=2"]
+    r1 = subprocess.run([sys.executable, "-m", "tinlt", "train", *args_one, *base],
+                        env=_env(), capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), "-m", "tinlt", "train",
+                         *args_two, *base], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a = torch.load(one / "last.pt", weights_only=False)
+    b = torch.load(two / "last.pt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 2 * -(-n // 4)  # ceil(n / 4) steps per epoch
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    if loss == "seesaw":  # every image counted once per epoch, none twice (stand-ins), none lost
+        assert torch.equal(a["loss"]["cum_samples"], b["loss"]["cum_samples"])
+        assert b["loss"]["cum_samples"].sum().item() == 2 * n
+    log1 = [json.loads(line) for line in (one / "log.jsonl").read_text().splitlines()]
+    log2 = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
+    for e1, e2 in zip(log1, log2, strict=True):
+        assert e2["loss"] == pytest.approx(e1["loss"], rel=1e-4)
+        np.testing.assert_allclose(e2["grad_ratio"], e1["grad_ratio"], rtol=1e-4)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_two_processes_with_100_classes_reach_metrics_and_report(tmp_path):
     """Rank 0 keeps per-class probabilities for predictions.csv (up to 100 classes); every rank
     must join the same gathers, or the final test hangs up ("Connection closed by peer")."""

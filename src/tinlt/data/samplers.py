@@ -3,8 +3,10 @@
 Class-aware sampling draws a class first — with probability proportional to 1
 (``balanced``) or to ``sqrt(n_c)`` (``sqrt``) over classes that have samples — then an
 instance of that class uniformly. An epoch's whole index list is a pure function of
-``seed + epoch``; in distributed training every rank builds the same list and takes
-``rank::world_size``, so the shards are disjoint and together equal the single-process epoch.
+``seed + epoch`` of ``num_samples`` draws whatever the world size; in distributed training
+every rank builds the same list and takes ``rank::world_size`` (the trainer's EpochOrder
+pads it with stand-ins it leaves out of the loss), so the shards together equal the
+single-process epoch.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class ClassBalancedSampler(Sampler):
         self.total = int(num_samples) if num_samples is not None else len(self.labels)
         if self.total < 1:
             raise TinltError(f"class-aware sampler: num_samples must be >= 1, got {self.total}")
-        # equal shards keep DDP ranks in step: pad the epoch up to a multiple of world_size
+        # equal shards when iterated alone: the epoch wraps round to a multiple of world_size
         self.per_rank = -(-self.total // world_size)
 
         counts = np.bincount(self.labels)
@@ -59,15 +61,16 @@ class ClassBalancedSampler(Sampler):
         self.epoch = int(epoch)
 
     def epoch_indices(self) -> np.ndarray:
-        """All ranks' indices for the current epoch (length ``per_rank * world_size``)."""
+        """All ranks' indices for the current epoch (``num_samples`` of them, for any world size)."""
         rng = np.random.Generator(np.random.PCG64(self.seed + self.epoch))
-        n = self.per_rank * self.world_size
+        n = self.total
         classes = rng.choice(len(self.counts), size=n, p=self.class_probs)
         offsets = np.floor(rng.random(n) * self.counts[classes]).astype(np.int64)
         return self.order[self.starts[classes] + offsets]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.rank :: self.world_size].tolist())
+        indices = np.resize(self.epoch_indices(), self.per_rank * self.world_size)
+        return iter(indices[self.rank :: self.world_size].tolist())
 
     def __len__(self) -> int:
         return self.per_rank

@@ -95,16 +95,18 @@ def eval_loader(samples, transform, cfg: DictConfig, dist_info: DistInfo = DistI
 
 
 def epoch_order(train_samples, cfg: DictConfig, dist_info: DistInfo) -> EpochOrder:
-    """The training sample order: instance sampling shuffles inside EpochOrder, whose global
-    order is the same for any number of processes; re-balancing samplers shard their own."""
+    """The training sample order: instance sampling shuffles inside EpochOrder, re-balancing
+    samplers draw theirs; either global order is the same for any number of processes."""
     from ..data.samplers import build_sampler
 
     base = None if cfg.data.sampler == "instance" else build_sampler(
         cfg.data.sampler, train_samples.labels, seed=cfg.train.seed, rank=dist_info.rank,
         world_size=dist_info.world_size,
     )
+    # compiled: whole global batches only, so N processes drop the same samples one process does
+    whole = cfg.optim.batch_size * dist_info.world_size if cfg.train.get("compile", False) else 0
     return EpochOrder(len(train_samples), seed=cfg.train.seed, base=base, rank=dist_info.rank,
-                      world_size=dist_info.world_size)
+                      world_size=dist_info.world_size, whole=whole)
 
 
 def train_loader(dataset, order: EpochOrder, cfg: DictConfig, device: torch.device,

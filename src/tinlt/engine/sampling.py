@@ -20,8 +20,14 @@ _SEED_STRIDE = 1_000_003  # keeps per-sample seeds of different epochs apart
 class EpochOrder(Sampler):
     """Yields ``(index, sample_seed)`` for one rank's share of an epoch, from ``start`` on.
 
-    ``base`` is either None (uniform shuffle of all samples) or a sampler with
-    ``set_epoch`` that already shards by rank (e.g. the class-balanced sampler).
+    ``base`` is either None (uniform shuffle of all samples) or a sampler whose
+    ``epoch_indices()`` gives the epoch's global order (the class-balanced sampler).
+    ``whole``: the global order is cut to a multiple of it (a compiled model's batches).
+
+    Under N processes the global order is padded to a multiple of N with stand-ins (the
+    order's first samples again) so ranks stay in step; the trainer leaves them out of the
+    loss (:meth:`real_mask`) and weighs each rank's share by its real samples, so N
+    processes train on exactly the samples one process does, whatever the data size.
     """
 
     def __init__(
@@ -33,6 +39,7 @@ class EpochOrder(Sampler):
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        whole: int = 0,
     ) -> None:
         self.num_samples = num_samples
         self.seed = seed
@@ -40,6 +47,7 @@ class EpochOrder(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.whole = whole
         self.epoch = 0
         self.start = 0
 
@@ -49,17 +57,47 @@ class EpochOrder(Sampler):
         if self.base is not None and hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
 
-    def order(self) -> np.ndarray:
+    def global_order(self) -> np.ndarray:
+        """The epoch's order over all ranks, before padding: the same for any world size."""
         if self.base is not None:
-            return np.fromiter(iter(self.base), dtype=np.int64)
-        if self.shuffle:
+            if hasattr(self.base, "epoch_indices"):
+                perm = np.asarray(self.base.epoch_indices(), dtype=np.int64)
+            else:  # a sampler that shards by itself: its order is already this rank's
+                return np.fromiter(iter(self.base), dtype=np.int64)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + self.epoch)
             perm = torch.randperm(self.num_samples, generator=g).numpy()
         else:
             perm = np.arange(self.num_samples)
-        # equal shares keep DDP ranks in lock-step; < world_size samples rest this epoch
-        usable = len(perm) - len(perm) % self.world_size
-        return perm[:usable][self.rank :: self.world_size]
+        if self.whole > 0 and len(perm) >= self.whole:
+            perm = perm[: len(perm) - len(perm) % self.whole]
+        return perm
+
+    @property
+    def real_count(self) -> int:
+        """Samples in the epoch's global order (stand-ins excluded), without drawing it."""
+        if self.base is not None and not hasattr(self.base, "epoch_indices"):
+            return len(self.global_order()) * self.world_size
+        n = int(getattr(self.base, "total", self.num_samples)) if self.base is not None else self.num_samples
+        return n - n % self.whole if self.whole > 0 and n >= self.whole else n
+
+    def order(self) -> np.ndarray:
+        perm = self.global_order()
+        if self.base is not None and not hasattr(self.base, "epoch_indices"):
+            return perm
+        pad = -len(perm) % self.world_size
+        if pad and len(perm):
+            perm = np.resize(perm, len(perm) + pad)  # wraps: stand-ins from the order's start
+        return perm[self.rank :: self.world_size]
+
+    def real_mask(self, start: int, length: int) -> Optional[torch.Tensor]:
+        """Which of this rank's positions ``start .. start+length-1`` hold real samples (not
+        stand-ins); None when the global batch they belong to is full (every rank's share real)."""
+        if self.world_size == 1 or (start + length) * self.world_size <= self.real_count:
+            return None
+        global_pos = (torch.arange(start, start + length) * self.world_size + self.rank)
+        mask = global_pos < self.real_count
+        return mask
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self.order()

@@ -257,15 +257,33 @@ class _Run:
         b = self.batch_in_epoch + 1
         step_now = not (b % accum and b < self.per_epoch_batches)  # as train_epoch decides after this batch
         with no_sync_unless(step_now, self.train_model):
-            return self._forward_backward(images, targets)
+            return self._forward_backward(images, targets, self.order.real_mask(
+                self.batch_in_epoch * self.cfg.optim.batch_size, len(targets)))
 
-    def _forward_backward(self, images, targets) -> Optional[torch.Tensor]:
+    def real_share(self, mask: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+        """For a batch holding stand-ins (the padded end of an epoch under N processes): the real
+        rows, their count c, and the weight N * c / C (C: real samples in the whole global
+        micro-batch) that makes DDP's mean over ranks the mean over those C samples, as one
+        process computes it."""
+        rows = mask.nonzero().squeeze(1)  # on the CPU: no device sync
+        n, bs = self.dist.world_size, self.cfg.optim.batch_size
+        global_real = min(bs * n, self.order.real_count - self.batch_in_epoch * bs * n)
+        return rows.to(self.device, non_blocking=True), len(rows), n * len(rows) / global_real
+
+    def _forward_backward(self, images, targets, mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         cfg, accum = self.cfg, self.cfg.optim.accum_steps
         with autocast_for(self.device, cfg.train.amp):
             logits = compiled_forward(self.train_model, images) if cfg.train.compile else self.train_model(images)
         logits = logits.float()
         logits.retain_grad()
-        loss = self.loss_fn(logits, targets)
+        rows, count, weight = (None, len(targets), 1.0) if mask is None else self.real_share(mask)
+        if rows is None:
+            loss = self.loss_fn(logits, targets)
+        else:
+            targets = targets[rows]
+            loss = self.loss_fn(logits[rows], targets)  # every rank joins the loss's own collectives
+            if count == 0:  # stand-ins only: no loss, but a backward so DDP's all-reduce still meets
+                loss = logits.sum() * 0.0
         if self.use_scaler:
             if not torch.isfinite(loss):  # fp16 overflow: skip the step and lower the scale, as AMP does
                 back_off(self.scaler, loss, self.optimizer)
@@ -273,13 +291,14 @@ class _Run:
                 return None
         else:  # noted on the device, checked every CHECK_EVERY steps and before any save: no sync per step
             self.watch_loss(loss)
-        self.scaler.scale(loss / accum).backward()
-        if logits.grad is not None:
-            self.grad_ratio.update(logits.grad * (accum / self.scaler.get_scale()), targets)  # unscaled (fp16)
+        self.scaler.scale(loss * weight / accum if weight != 1.0 else loss / accum).backward()
+        if logits.grad is not None and count:
+            grad = logits.grad if rows is None else logits.grad[rows]
+            self.grad_ratio.update(grad * (accum / self.scaler.get_scale()), targets)  # unscaled (fp16)
         self.batch_in_epoch += 1
-        part = loss.detach().to(self.acc_dtype) * len(targets)
+        part = loss.detach().to(self.acc_dtype) * count
         self._loss_dev = part if self._loss_dev is None else self._loss_dev + part
-        self.n_seen += len(targets)
+        self.n_seen += count
         return loss
 
     # the epoch's summed loss: a host float plus what is still on the device
