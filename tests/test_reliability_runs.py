@@ -365,3 +365,47 @@ def test_an_internal_bug_keeps_its_traceback(monkeypatch, dataset, tmp_path):
     monkeypatch.setattr(trainer._Run, "build_optimization", bug)
     with pytest.raises(ZeroDivisionError):
         main(["train", *_args(dataset, tmp_path / "run")])
+
+
+def test_checkpoints_are_written_off_the_training_thread_with_the_weights_of_their_step(dataset, tmp_path,
+                                                                                         monkeypatch):
+    """Rank 0 copies its state to host memory and writes it on a thread (other ranks no longer wait
+    at a barrier for its disk). While a slow write is in flight training goes on changing the live
+    weights in place: the file must still hold the weights of the step it was saved at, every
+    write must land before the run ends, and a failed write must not be lost."""
+    import threading
+
+    import tinlt.engine.checkpoint as ckpt_io
+
+    real = ckpt_io.save_atomic
+    seen = []
+
+    def slow(obj, path, **kw):
+        first = next(v for k, v in obj["model"].items() if v.is_floating_point() and v.numel() > 1)
+        before = first.clone()
+        time.sleep(0.2)  # the trainer runs its next step meanwhile
+        seen.append((threading.current_thread().name, obj["global_step"], torch.equal(before, first)))
+        return real(obj, path, **kw)
+
+    monkeypatch.setattr(ckpt_io, "save_atomic", slow)
+    run = tmp_path / "run"
+    assert main(["train", *_args(dataset, run, save_every_steps=1)]) == 0
+    assert seen and all(name == "tinlt-checkpoint" for name, _, _ in seen)
+    assert all(unchanged for _, _, unchanged in seen)  # a snapshot, not the live tensors
+    assert torch.load(run / "last.pt", weights_only=True)["global_step"] == TOTAL_STEPS  # the last write landed
+
+
+def test_a_failed_background_write_is_raised_not_lost():
+    from tinlt.engine.checkpoint import BackgroundWriter, snapshot
+    from tinlt.errors import TinltError
+
+    w = BackgroundWriter()
+    w.submit(lambda: (_ for _ in ()).throw(TinltError("cannot write checkpoint x: disk full")))
+    with pytest.raises(TinltError, match="disk full"):
+        w.wait()
+    w.wait()  # said once
+    live = {"w": torch.ones(3), "nested": [torch.zeros(2)]}
+    copy = snapshot(live)
+    live["w"].add_(1)
+    live["nested"][0].add_(5)
+    assert copy["w"].tolist() == [1.0, 1.0, 1.0] and copy["nested"][0].tolist() == [0.0, 0.0]

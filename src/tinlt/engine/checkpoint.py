@@ -101,6 +101,57 @@ def save_atomic(obj: Any, path: str | Path, *, last_good: Optional[Path] = None)
     return path
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are fresh CPU copies: what a background write saves while
+    training goes on changing the live weights and optimizer state in place."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, snapshot(v)) for k, v in obj.items()) if isinstance(obj, OrderedDict) \
+            else {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """One checkpoint write at a time, on a thread: the trainer copies its state to host memory
+    and goes on (under torchrun the other ranks no longer wait at a barrier for rank 0's
+    disk). :meth:`wait` joins the write and raises its error, so none is lost: the trainer
+    waits before the next write, before reading best.pt and before it exits."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._threading = threading
+        self._thread = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, write) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as e:  # noqa: BLE001 - handed to wait(), raised in the trainer's thread
+                self._error = e
+
+        self._thread = self._threading.Thread(target=run, name="tinlt-checkpoint", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+
 def copy_atomic(src: str | Path, dst: str | Path) -> Path:
     """Copy a finished checkpoint under another name, with the same all-or-nothing rule."""
     dst = Path(dst)

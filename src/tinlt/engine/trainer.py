@@ -69,6 +69,7 @@ class _Run:
         self._bad_loss = torch.zeros((), device=self.device)
         self.changes: set[str] = set()
         self.channels_last = False
+        self.writer = ckpt_io.BackgroundWriter()  # rank 0's checkpoint writes, off the training thread
         self.log = echo if self.main else (lambda msg: None)  # set-up messages from the main process only
 
     # -- set-up ------------------------------------------------------------------------
@@ -188,14 +189,29 @@ class _Run:
         """last.pt (and best.pt first when ``best``: a kill between the two writes leaves
         last.pt behind best.pt, never ahead). Never replaces a good checkpoint with diverged weights."""
         self.check_loss()  # a non-finite loss names its own step, before the weights it spoilt are refused
-        ckpt_io.check_finite(self.model, self.global_step, self.run.resume_checkpoint())
+        ckpt_io.check_finite(self.model, self.global_step, self.last_good())
         st = self.state()  # every rank joins the RNG gather
-        if self.main:
-            if best:
-                ckpt_io.save_atomic(st, self.run.best)
-                ckpt_io.copy_atomic(self.run.best, self.run.last)
-            else:
-                ckpt_io.save_atomic(st, self.run.last)
+        if self.main:  # a host copy now, the disk on a thread: no rank waits for rank 0's write
+            st, run = ckpt_io.snapshot(st), self.run
+
+            def write() -> None:
+                if best:
+                    ckpt_io.save_atomic(st, run.best)
+                    ckpt_io.copy_atomic(run.best, run.last)
+                else:
+                    ckpt_io.save_atomic(st, run.last)
+
+            self.writer.submit(write)
+        return self.run.last
+
+    def last_good(self) -> Optional[Path]:
+        """The checkpoint a resume would use, once any write in flight has landed."""
+        self.writer.wait()
+        return self.run.resume_checkpoint()
+
+    def saved(self) -> Path:
+        """Wait for rank 0's write (raising its error), then let every rank read the files."""
+        self.writer.wait()
         barrier()
         return self.run.last
 
@@ -206,13 +222,15 @@ class _Run:
             if not self.history:
                 self.pass_time = (0.0, 0.0)
                 self.end_epoch(True)
+            self.saved()
             return
         done = self.global_step >= self.total_steps
         with StopRequest() as stop:
             while self.epoch < cfg.optim.epochs and not done:
                 done = self.end_epoch(self.train_epoch(stop))  # the last epoch: planned, or stopped early
                 if stop.signum is not None and not done:
-                    raise Interrupted(stop.signum, self.run.last)
+                    raise Interrupted(stop.signum, self.saved())
+        self.saved()  # finish() reads best.pt on every rank
 
     def train_epoch(self, stop: StopRequest) -> bool:
         """One pass over the training loader (from mid-epoch when resuming); True when the run's last step ran."""
@@ -239,7 +257,8 @@ class _Run:
                 done = True
                 break
             if stop.signum is not None:
-                raise Interrupted(stop.signum, self.save())
+                self.save()
+                raise Interrupted(stop.signum, self.saved())
             if cfg.train.save_every_steps and self.global_step % cfg.train.save_every_steps == 0:
                 self.save()
         it.close()
@@ -324,7 +343,7 @@ class _Run:
         are not saved; the last good checkpoint stays)."""
         epoch, step = self._bad_at.tolist()
         if step >= 0:
-            raise non_finite(self._bad_loss, epoch, step, self.run.resume_checkpoint())
+            raise non_finite(self._bad_loss, epoch, step, self.last_good())
 
     def optimizer_step(self, loss: torch.Tensor, it) -> None:
         if self.cfg.optim.grad_clip > 0:
@@ -470,6 +489,8 @@ def train(cfg: DictConfig, *, resume: Optional[str | bool] = None, command: Opti
                 run.fit()
                 metrics = run.finish(start_time)
             except OSError as e:  # the disk, a permission: the user's to fix, in one line
+                with contextlib.suppress(TinltError, OSError):
+                    run.writer.wait()  # the last good checkpoint may be the one in flight
                 raise TinltError(f"{e.filename or run.run.path}: {e.strerror or e}; last good checkpoint: "
                                  f"{run.run.resume_checkpoint() or 'none yet'}") from None
     cleanup()
