@@ -211,6 +211,7 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
     from ..data.images import DEFAULT_DRAFT_SIZE, open_image
     from .card import model_card
 
+    fixed_mmap_threshold()
     metrics = _Metrics(worker)
     state: dict[str, Any] = {"backend": None, "card": None, "error": None, "in_flight": 0, "uploads": 0}
     pre_pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, cfg.preprocess_threads),
@@ -473,6 +474,26 @@ def release_memory() -> None:
 
 
 _TRIM: Any = None
+
+MMAP_THRESHOLD = 1 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def fixed_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Allocations of ``size`` bytes or more get their own mapping, returned to the system when
+    freed, and the heap's top is trimmed past ``size``. glibc's default thresholds slide up to
+    32 MB once a big block is freed, so after one huge image every later buffer under 32 MB
+    comes from the heap and fragments it: idle RSS after each of three requests of two
+    6300x6300 16-bit PNGs went 84 -> 147 -> 147 -> 185 MB; with the mmap threshold alone fixed,
+    153-210 MB; with both, 83-84 MB (tiny model, measured with /proc). A no-op outside glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(size))) and bool(mallopt(_M_TRIM_THRESHOLD, int(size)))
 
 
 def _replay(body: bytes):
