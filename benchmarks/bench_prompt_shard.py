@@ -4,7 +4,8 @@ Run under torchrun (gloo on CPU works): ``torchrun --nproc_per_node 2 benchmarks
 Every rank builds the same tiny model and, side by side in one run:
 
 1. checks the sharded class features against the unsharded ones (max abs difference) and the
-   text tower's gradients summed over ranks (what DDP averages) against the unsharded sum;
+   text tower's gradients summed over ranks (what DDP averages) against the unsharded sum, and
+   counts the collectives one sharded step makes (one gather for all length groups);
 2. times the text tower's forward + backward per rank, sharded and unsharded, ``--repeats``
    times each, alternating.
 
@@ -63,7 +64,22 @@ def main() -> None:
         lambda mod, inp: rows.append(int((inp[0] if isinstance(inp[0], torch.Tensor) else next(iter(inp[0].values()))).shape[0])))
     full, g_full = features_and_grads(model, False, weight)
     rows_full, rows[:] = sum(rows), []
-    part, g_part = features_and_grads(model, True, weight)
+    calls = {"all_gather": 0, "all_reduce": 0}
+    real = {k: getattr(dist, k) for k in calls}
+
+    def counted(name):
+        def call(*a, **kw):
+            calls[name] += 1
+            return real[name](*a, **kw)
+        return call
+
+    for k in calls:
+        setattr(dist, k, counted(k))
+    try:
+        part, g_part = features_and_grads(model, True, weight)
+    finally:
+        for k, fn in real.items():
+            setattr(dist, k, fn)
     rows_part = sum(rows)
     hook.remove()
     for t in (*g_full, *g_part):
@@ -72,6 +88,7 @@ def main() -> None:
     grad_rel = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) for a, b in zip(g_full, g_part))
     report = {"world": world, "classes": args.classes, "prompts": int(full.shape[0]) * 2,
               "rows_encoded_by_rank0": {"unsharded": rows_full, "sharded": rows_part},
+              "length_groups": len(model._bucket_lengths) or 1, "collectives_per_step": calls,
               "feature_max_abs_diff": feat_diff, "grad_sum_max_rel_diff": grad_rel}
 
     if not args.check_only:

@@ -12,7 +12,7 @@ process).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -60,13 +60,24 @@ class GatherBlocks(torch.autograd.Function):
         return grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m], None, None
 
 
-def encode_sharded(encode: Callable[[Any], torch.Tensor], take_rows: Callable[[slice], Any], n: int,
-                   rank: int, world: int) -> torch.Tensor:
-    """(n, D) features of ``n`` prompt rows: this rank encodes its block (``take_rows(slice)`` ->
-    tokens, ``encode(tokens)`` -> features), the blocks are gathered in rank order."""
-    lo, hi = block(n, rank, world)
-    m = -(-n // world)
-    local = encode(take_rows(slice(lo, hi)))
-    if hi - lo < m:
-        local = torch.cat([local, local.new_zeros(m - (hi - lo), *local.shape[1:])])
-    return GatherBlocks.apply(local, rank, world)[:n]
+def encode_sharded(encode: Callable[[Any], torch.Tensor], groups: Sequence[tuple[Any, int]],
+                   take_rows: Callable[[Any, slice], Any], rank: int, world: int) -> list[torch.Tensor]:
+    """(n, D) features of every group of ``n`` prompt rows (``groups``: (tokens, n) pairs, e.g. the
+    length buckets): this rank encodes its block of each group (``take_rows(tokens, slice)``,
+    ``encode(rows)`` -> features), and the blocks of all groups travel in *one* gather, so a step
+    pays two collectives, not two per group (4 groups, 500 classes, 2 gloo ranks: 0.63x -> 0.54x
+    the unsharded time, docs/distributed.md)."""
+    sizes = [-(-n // world) for _, n in groups]
+    local = []
+    for (tokens, n), m in zip(groups, sizes):
+        lo, hi = block(n, rank, world)
+        feats = encode(take_rows(tokens, slice(lo, hi)))
+        if hi - lo < m:
+            feats = torch.cat([feats, feats.new_zeros(m - (hi - lo), *feats.shape[1:])])
+        local.append(feats)
+    per_rank = GatherBlocks.apply(torch.cat(local), rank, world).split(sum(sizes))
+    out, off = [], 0
+    for (_, n), m in zip(groups, sizes):
+        out.append(torch.cat([r[off:off + m] for r in per_rank])[:n])
+        off += m
+    return out

@@ -241,13 +241,11 @@ class TIN(nn.Module):
             parts = [tokens]
         # under torchrun, with gradients: each rank encodes its block of every group (models/prompt_shard.py)
         world = shard_world() if self.shard_prompts and torch.is_grad_enabled() and self.training else None
-        chunks = []
-        for part in parts:
-            n = (part if isinstance(part, torch.Tensor) else next(iter(part.values()))).shape[0]
-            if world is not None and can_shard(n, world[1]):
-                chunks.append(encode_sharded(self._encode_chunked, lambda rows, p=part: take(p, rows), n, *world))
-            else:
-                chunks.append(self._encode_chunked(part))
+        sizes = [(part if isinstance(part, torch.Tensor) else next(iter(part.values()))).shape[0] for part in parts]
+        shard = [world is not None and can_shard(n, world[1]) for n in sizes]
+        sharded = iter(encode_sharded(self._encode_chunked, [(p, n) for p, n, s in zip(parts, sizes, shard) if s],
+                                      take, *world) if any(shard) else [])
+        chunks = [next(sharded) if s else self._encode_chunked(p) for p, s in zip(parts, shard)]
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return out[self._buffers["text_bucket_inverse"]] if self._bucket_lengths else out
 
