@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -219,12 +221,12 @@ def memory_phase(base: str, pid: int, side: int) -> dict:
             "peak_mb": _status_mb(pid, "VmHWM"), "rss_after_mb": _status_mb(pid, "VmRSS")}
 
 
-def start_server(model: str, batch: int, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, batch: int, workers: int, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tinlt", "serve", model, "--port", str(port),
-                             "--max-batch", str(batch), "--max-concurrency", "256", "--workers", str(workers)],
+                             "--max-batch", str(batch), "--max-concurrency", "256", "--workers", str(workers), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -281,6 +283,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="in-process batch = the server's --max-batch")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--workers", default="1,2", help="server processes, one server per value")
+    ap.add_argument("--server-args", default="", help="more `tinlt serve` options, e.g. '--threads 2'")
     ap.add_argument("--generator", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--memory-side", type=int, default=6300, help="side of the two 16-bit PNGs of the memory phase")
@@ -297,7 +300,7 @@ def main() -> None:
     # reference (two runs 10 minutes apart on this machine gave 374 and 485 images/s)
     worker_counts = [1] if args.memory_only else [int(w) for w in args.workers.split(",")]
     for workers in worker_counts:
-        proc, base = start_server(args.model, args.batch, workers)
+        proc, base = start_server(args.model, args.batch, workers, shlex.split(args.server_args))
         try:
             if memory is None and workers == 1:
                 memory = memory_phase(base, proc.pid, args.memory_side)

@@ -115,6 +115,51 @@ def test_max_wait_gathers_late_images_and_bounds_the_wait():
     assert model.calls == [[1.0], [2.0]]
 
 
+def _announced_run(model, events):
+    """Client 1 submits at t=0; client 2 announces at t=0 (``announce``) and then, after
+    ``events['delay']`` s, submits (``"submit"``) or gives up (``"release"``)."""
+    async def main():
+        b = MicroBatcher(model, max_batch=32, max_wait_s=events["window"], wait_for="announced")
+        await b.start()
+        t0 = time.perf_counter()
+        ticket = b.announce(1) if events["announce"] else None
+        first = asyncio.ensure_future(b.submit([_image(1)]))
+        await asyncio.sleep(events["delay"])
+        if events["then"] == "submit":
+            await asyncio.gather(first, b.submit([_image(2)], ticket))
+        else:
+            if ticket is not None:
+                ticket.release()
+                ticket.release()  # twice: counted once
+            await first
+        waited = time.perf_counter() - t0
+        left = b.announced
+        await b.stop()
+        return waited, left
+
+    return run(main())
+
+
+def test_an_announced_image_is_waited_for_and_nothing_else():
+    """wait_for="announced": the window waits only for images on their way (being decoded)."""
+    model = Model()
+    # announced, arrives 0.3 s later within a 2 s window: one call, made when it arrives, not at the deadline
+    waited, left = _announced_run(model, {"window": 2.0, "announce": True, "delay": 0.3, "then": "submit"})
+    assert model.calls == [[1.0, 2.0]] and 0.25 <= waited < 1.5 and left == 0
+    # not announced: the first image goes at once, alone (the "any" window would have taken both)
+    model.calls.clear()
+    waited, left = _announced_run(model, {"window": 2.0, "announce": False, "delay": 0.3, "then": "submit"})
+    assert model.calls == [[1.0], [2.0]] and left == 0
+    # announced, then given up (its decode failed) after 0.3 s: the wait ends then, not at the 2 s deadline
+    model.calls.clear()
+    waited, left = _announced_run(model, {"window": 2.0, "announce": True, "delay": 0.3, "then": "release"})
+    assert model.calls == [[1.0]] and 0.25 <= waited < 1.5 and left == 0
+    # announced but late: the window still bounds the wait
+    model.calls.clear()
+    waited, left = _announced_run(model, {"window": 0.2, "announce": True, "delay": 0.8, "then": "submit"})
+    assert model.calls == [[1.0], [2.0]] and left == 0
+
+
 def test_the_window_opens_with_the_first_image_and_does_not_restart():
     """Arrivals every 0.4 s against a 1 s window: the first call holds the images that came
     before its deadline (t = 0, 0.4, 0.8), not every image that came within 1 s of the last."""
@@ -184,6 +229,8 @@ def test_bad_settings_and_use_before_start():
         MicroBatcher(Model(), max_batch=0)
     with pytest.raises(ValueError):
         MicroBatcher(Model(), max_wait_s=-1)
+    with pytest.raises(ValueError, match="announced"):
+        MicroBatcher(Model(), wait_for="late")
 
     async def main():
         await MicroBatcher(Model()).submit([_image(1)])

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     p.add_argument("--api-key", default=None, help=f"required off loopback (default: ${API_KEY_ENV})")
     p.add_argument("--max-batch", type=int, default=32, help="images per model call, across requests")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--batch-wait", choices=["announced", "any"], default="announced",
+                   help="what a batch waits for: images already being decoded (default), or any arrival "
+                        "within --max-wait-ms (better when a model call costs the same at any batch size, e.g. a GPU)")
     p.add_argument("--max-request-mb", type=float, default=32.0, help="request body limit (413 above it)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="per image, checked before decoding (413)")
     p.add_argument("--max-images", type=int, default=64, help="images per request (413 above it)")
@@ -90,7 +93,7 @@ def _cmd_serve(a) -> int:
     cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key or os.environ.get(API_KEY_ENV) or None,
                       max_request_bytes=int(a.max_request_mb * 1024 * 1024), max_pixels=a.max_pixels,
                       max_images=a.max_images, max_concurrency=a.max_concurrency, max_batch=a.max_batch,
-                      max_wait_ms=a.max_wait_ms, topk=a.topk, preprocess_threads=a.decode_threads,
+                      max_wait_ms=a.max_wait_ms, batch_wait=a.batch_wait, topk=a.topk, preprocess_threads=a.decode_threads,
                       max_image_bytes=int(a.max_image_mb * 1024 * 1024), max_uploads=a.max_uploads,
                       header_timeout_s=a.header_timeout_s, body_timeout_s=a.body_timeout_s)
     check_exposure(cfg)  # before loading anything

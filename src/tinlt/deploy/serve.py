@@ -63,6 +63,7 @@ class ServeConfig:
     max_concurrency: int = 64  # requests being handled at once; more get 429
     max_batch: int = 32  # images per model call, across requests
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for company
+    batch_wait: str = "announced"  # wait for images being decoded only (batcher.py: 0.78x -> 0.88x in-process)
     topk: int = 5
     preprocess_threads: int = 2  # image decoding and resizing, off the event loop
     graceful_s: float = 30.0  # SIGTERM: how long in-flight requests get to finish
@@ -217,7 +218,8 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
     pre_pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, cfg.preprocess_threads),
                                                      thread_name_prefix="tinlt-decode")
     batcher = MicroBatcher(lambda batch: state["backend"].probs(batch), max_batch=cfg.max_batch,
-                           max_wait_s=cfg.max_wait_ms / 1000.0, on_batch=metrics.on_batch)
+                           max_wait_s=cfg.max_wait_ms / 1000.0, wait_for=cfg.batch_wait,
+                           on_batch=metrics.on_batch)
     key = cfg.api_key.encode() if cfg.api_key else None
 
     async def _load() -> None:
@@ -423,23 +425,27 @@ def create_app(load: Callable[[], Any], cfg: ServeConfig, *, on_ready: Optional[
                 results[i] = {"index": i, "name": name, "status": data[0], "error": f"image {i} ({name!r}): {data[1]}"}
             else:
                 jobs[i] = loop.run_in_executor(pre_pool, prepare, data)
-        arrays, names, order = [], [], []
-        for i, job in jobs.items():
-            name = items[i][0]
-            try:
-                arrays.append(await job)
-                names.append(name)
-                order.append(i)
-            except ValueError as e:  # over the pixel limit (before decoding)
-                results[i] = {"index": i, "name": name, "status": 413, "error": f"image {i} ({name!r}): {e}"}
-            except Exception as e:  # noqa: BLE001 - any decoder failure: this image only
-                results[i] = {"index": i, "name": name, "status": 422,
-                              "error": f"image {i} ({name!r}): not a readable image ({_why(e)})"}
-        backend = state["backend"]
-        if arrays:
-            probs = await batcher.submit(arrays)
-            for i, row in zip(order, rows_from_probs(names, probs, backend.classnames, topk, backend.rule)):
-                results[i] = {"index": i, "name": row.pop("path"), **row}
+        ticket = batcher.announce(len(jobs))  # an open batch may wait for these while they decode
+        try:
+            arrays, names, order = [], [], []
+            for i, job in jobs.items():
+                name = items[i][0]
+                try:
+                    arrays.append(await job)
+                    names.append(name)
+                    order.append(i)
+                except ValueError as e:  # over the pixel limit (before decoding)
+                    results[i] = {"index": i, "name": name, "status": 413, "error": f"image {i} ({name!r}): {e}"}
+                except Exception as e:  # noqa: BLE001 - any decoder failure: this image only
+                    results[i] = {"index": i, "name": name, "status": 422,
+                                  "error": f"image {i} ({name!r}): not a readable image ({_why(e)})"}
+            backend = state["backend"]
+            if arrays:
+                probs = await batcher.submit(arrays, ticket)
+                for i, row in zip(order, rows_from_probs(names, probs, backend.classnames, topk, backend.rule)):
+                    results[i] = {"index": i, "name": row.pop("path"), **row}
+        finally:
+            ticket.release()  # a failed decode or a client gone: nothing waits for these
         ok = sum(1 for r in results if r and "error" not in r)
         metrics.images.labels("ok").inc(ok)
         metrics.images.labels("error").inc(len(results) - ok)
