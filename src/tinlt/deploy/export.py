@@ -91,6 +91,7 @@ def build_metadata(model: nn.Module, cfg: Any, ckpt: dict, checkpoint: str | Pat
             "head": model.head_type,
             "visual_attention": model.attention is not None,
             "num_classes": model.num_classes,
+            "members": int(getattr(model, "num_members", 1)),  # tinlt fit --ensemble: logits averaged
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "logit_scale": float(model.scale().detach()) if model.uses_text_head else None,

@@ -65,8 +65,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
     build = {} if ckpt.get("trainable_only") else {"pretrained": "", "pretrained_image": False, "pretrained_text": False}
     if head_class(cfg.model.head).has_weights:  # its weights come from the checkpoint
         build["classifier_init"] = "random"
-    model = create_model(OmegaConf.merge(cfg.model, build), ckpt["classnames"], image_size=cfg.data.image_size)
-    ckpt_io.load_model_state(model, ckpt, where=str(path))
+    model_cfg = OmegaConf.merge(cfg.model, build)
+
+    def member(entries: dict, where: str):
+        m = create_model(model_cfg, ckpt["classnames"], image_size=cfg.data.image_size)
+        ckpt_io.load_model_state(m, entries, where=where)
+        return m
+
+    if ckpt.get("members"):  # tinlt fit --ensemble: the fold models, logits averaged
+        from ..models.ensemble import LogitEnsemble
+
+        model = LogitEnsemble([member(e, f"{path} (member {i})") for i, e in enumerate(ckpt["members"])])
+    else:
+        model = member(ckpt, str(path))
     apply_eval_adjustments(model, cfg.train, np.asarray(ckpt["train_counts"]))
     model.to(device).eval()
     return model, cfg, ckpt

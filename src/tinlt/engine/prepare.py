@@ -39,6 +39,10 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_head: bool = False,
     """
     ckpt_path = resolve_checkpoint(path, key="model.init_from", log=log)
     ckpt = ckpt_io.load_checkpoint(ckpt_path)
+    if ckpt.get("members"):
+        sources = (ckpt.get("ensemble") or {}).get("sources") or []
+        raise TinltError(f"config key 'model.init_from': {ckpt_path} is an ensemble of {len(ckpt['members'])} models "
+                         f"(tinlt fit --ensemble); start from one of them" + (f", e.g. {sources[0]}" if sources else ""))
     own = model.state_dict()
     keep_head = not skip_head and getattr(getattr(model, "head", None), "has_weights", False)
     if keep_head and classnames is not None and list(ckpt.get("classnames", classnames)) != list(classnames):

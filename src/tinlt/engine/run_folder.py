@@ -51,8 +51,8 @@ CALIBRATION_PLOT = "calibration_pr.png"
 CALIBRATED = "calibrated.pt"  # tinlt calibrate's deployable checkpoint, in EVAL_DIR
 LOCK = ".lock"
 ZEROSHOT_DIR = "zeroshot"  # what `tinlt zeroshot` writes, inside train.output_dir
-DEPLOY_KEYS = ("model", "config", "classnames", "train_counts", "groups", "versions", "epoch", "global_step",
-               "trainable_only", "base")
+DEPLOY_KEYS = ("model", "members", "ensemble", "config", "classnames", "train_counts", "groups", "versions", "epoch",
+               "global_step", "trainable_only", "base")
 
 RESULT_FILES = (LAST, BEST, LOG, METRICS, PREDICTIONS, VAL_PREDICTIONS)  # what a new run must not mix with
 IGNORED_FOR_REUSE = (("train", "quiet"), ("train", "output_dir"))  # do not change results
