@@ -349,3 +349,87 @@ def test_label_issues_rank_on_probabilities_before_the_balance_adjustment(tmp_pa
         rows = list(csv.DictReader(f))
     assert sorted(int(r["index"]) for r in rows[:8]) == list(range(60, 68))
     assert float(rows[0]["p_label"]) == pytest.approx(0.15, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- --ensemble
+
+
+def _ensemble_inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(6, 3, 32, 32, generator=g)
+
+
+def test_the_ensemble_is_the_mean_of_its_fold_models_logits(colours, tmp_path, capsys):
+    """``--ensemble``: FIT/model holds the chosen recipe's 3 fold models; every command that
+    scores it (the checkpoint, the ONNX export) gives the mean of the members' raw logits plus
+    the post-hoc offset -tau * log prior of **all** training images (20 / 8 / 3), by hand."""
+    import onnxruntime as ort
+
+    from tinlt.deploy.export import read_metadata
+    from tinlt.engine.inference import load_model
+
+    out = tmp_path / "fit"
+    rec = _fit(colours, out, "--only", "text", "--ensemble")
+    assert rec["ensemble"] == 3 and rec["chosen"] == "text"
+    chosen = next(r for r in rec["recipes"] if r["name"] == "text")
+    ckpt = torch.load(out / "model" / "best.pt", weights_only=True)
+    full = {"red": 20, "green": 8, "blue": 3}
+    assert len(ckpt["members"]) == 3 and ckpt["train_counts"] == [full[c] for c in rec["classnames"]]
+    info = json.loads((out / "model" / "run.json").read_text())
+    # each fold model trained on the other two folds: together every image twice, none all of them
+    assert info["train_images"] == 31 and sum(info["member_train_images"]) == 2 * 31
+    assert all(n < 31 for n in info["member_train_images"])
+    assert "3 fold models of text, logits averaged" in (out / "leaderboard.md").read_text()
+
+    x = _ensemble_inputs()
+    model, _, _ = load_model(out / "model" / "best.pt")
+    tau1, _, _ = load_model(out / "model" / "best.pt", overrides=["train.posthoc_tau=1"])  # an offset that shows
+    with torch.no_grad():
+        got, got_tau1, scored = model(x).numpy(), tau1(x).numpy(), model.scorer()(x).numpy()  # scorer: eval, predict
+        raws = []
+        for src in ckpt["ensemble"]["sources"]:
+            member_ckpt = torch.load(src, weights_only=True)
+            assert member_ckpt["epoch"] == chosen["epoch"]  # epochs done: the count the folds chose
+            m, _, _ = load_model(src, overrides=["train.posthoc_tau=0"])
+            raws.append(m(x).numpy())
+    assert np.abs(raws[0] - raws[1]).max() > 1e-3  # the members differ: a mean is not any one of them
+    prior = np.array([full[c] for c in rec["classnames"]], dtype=np.float64) / 31.0
+    expected = np.mean(raws, axis=0) - chosen["tau"] * np.log(prior)
+    assert np.allclose(got, expected, atol=1e-4), np.abs(got - expected).max()
+    assert np.allclose(scored, expected, atol=1e-4)
+    assert np.allclose(got_tau1, np.mean(raws, axis=0) - np.log(prior), atol=1e-4)
+
+    onnx = tmp_path / "ens.onnx"
+    assert main(["export", "--checkpoint", str(out / "model"), "--out", str(onnx)]) == 0
+    assert read_metadata(onnx)["model"]["members"] == 3
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    onnx_logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(onnx_logits, expected, atol=1e-4)
+    assert main(["eval", "--checkpoint", str(out / "model"), "-q"]) == 0
+    assert json.loads((out / "model" / "eval" / "metrics.json").read_text())["overall"] is not None
+    # an ensemble cannot seed one model's weights: one line, not a traceback
+    assert main(["train", "-c", str(colours / "base.yaml"), f"model.init_from={out / 'model'}", "optim.epochs=1",
+                 f"train.output_dir={tmp_path / 'seeded'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an ensemble of 3 models" in err and "Traceback" not in err
+
+
+def test_an_earlier_chosen_epoch_trains_the_fold_models_again_to_it(colours, tmp_path):
+    """When the pooled predictions choose epoch 1 of 2, the members are the folds trained for
+    1 epoch (not the 2-epoch fold runs); when they choose the last, the fold runs are kept."""
+    from tinlt.fit.ensemble import ENSEMBLE_FOLDS_DIR, member_runs
+    from tinlt.fit.plan import fold_sweep, recipes
+
+    recipe = next(c for c in recipes(str(colours / "grid.yaml"), str(colours / "base.yaml")) if c.name == "text")
+    assert int(recipe.cfg.optim.epochs) == 2
+    kept = fold_sweep([recipe], 3, 0, tmp_path).cells
+    reused = member_runs(recipe, kept, 3, 0, tmp_path, epoch=2, log=lambda *_: None)
+    assert [r.path for r in reused] == [c.run.path for c in kept]
+    runs = member_runs(recipe, kept, 3, 0, tmp_path, epoch=1, log=lambda *_: None)
+    assert [r.path.parent.name for r in runs] == [ENSEMBLE_FOLDS_DIR] * 3
+    sizes = []
+    for r in runs:
+        ckpt = torch.load(r.last, weights_only=True)
+        assert ckpt["epoch"] == 1  # epochs done
+        sizes.append(int(sum(ckpt["train_counts"])))
+    assert sum(sizes) == 2 * 31 and all(s < 31 for s in sizes)

@@ -31,6 +31,8 @@ def register(subparsers) -> dict:
                    help="two classes: the rare class's recall the threshold must reach (out of fold)")
     p.add_argument("--budget", default=None,
                    help="30m / 2h (time) or 20 (trainings): only the leaders on fold 0 get the other folds")
+    p.add_argument("--ensemble", action="store_true",
+                   help="keep the chosen recipe's K fold models (logits averaged) instead of refitting one model")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every recipe (e.g. train.seed=1)")
     p.add_argument("--quiet", "-q", action="store_true")
     add_launch_args(p)
@@ -46,7 +48,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     config = a.config or str(folder_config(a.train_folder, a.test_folder, out.resolve()))
     record = run_fit(config, out, grid=a.grid, folds=a.folds, metric=a.metric, target_recall=a.target_recall,
                      budget=a.budget, overrides=a.overrides, launch=launch_options(a), quiet=a.quiet,
-                     only=[n.strip() for n in a.only.split(",") if n.strip()] if a.only else None)
+                     only=[n.strip() for n in a.only.split(",") if n.strip()] if a.only else None,
+                     ensemble=a.ensemble)
     print((out / "leaderboard.md").read_text())
     print(f"model: {record['model']}  (tinlt eval --checkpoint {record['model']} scores the test split)")
     return 0

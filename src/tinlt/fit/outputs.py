@@ -78,8 +78,9 @@ def write_outputs(root: Path, record: dict, pooled: dict, choices: dict, counts:
             "fold 0", "fold training", "status"]
     md = [f"# tinlt fit: {record['folds']}-fold cross-validation on {record['train_images']} training images", "",
           f"- chosen: **{chosen}** ({record['why']})",
-          f"- the model: `{record['model']}` (trained on every training image; `tinlt eval --checkpoint` it to "
-          "score the test split, once)",
+          f"- the model: `{record['model']}` (" + (
+              f"the {record['ensemble']} fold models of {chosen}, logits averaged" if record.get("ensemble")
+              else "trained on every training image") + "; `tinlt eval --checkpoint` it to score the test split, once)",
           "- every number here is out of fold: each image scored by the one fold model that never trained on it",
           "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 3) + "---|"]
     for r in rows:

@@ -38,7 +38,8 @@ def recipes(grid: str, base: str, overrides: Sequence[str] = ()) -> list[Cell]:
     return cells
 
 
-def _with(cfg, changes: dict, out: Path):
+def with_changes(cfg, changes: dict, out: Path):
+    """``cfg`` with ``changes`` merged in and its output folder ``out``, validated."""
     merged = OmegaConf.merge(cfg, changes, {"train": {"output_dir": str(out)}})
     cfg = from_dict(to_dict(merged))
     validate(cfg)
@@ -48,7 +49,7 @@ def _with(cfg, changes: dict, out: Path):
 def fold_cell(recipe: Cell, k: int, folds: int, seed: int, root: Path) -> Cell:
     """The recipe on fold ``k``: trained on the other folds, its logits on fold k kept."""
     name = f"{recipe.name}__fold{k}"
-    cfg = _with(recipe.cfg, {
+    cfg = with_changes(recipe.cfg, {
         # the test split is not even loaded: no fold run can read it
         "data": {"val": {"kind": "kfold", "folds": int(folds), "fold": int(k), "seed": int(seed)},
                  "test": {"kind": ""}},
@@ -77,4 +78,4 @@ def refit_config(recipe: Cell, root: Path, *, epochs: Optional[int], tau: float)
                          "eval_every": 0, "posthoc_tau": float(tau), "posthoc_tau_grid": [], "early_stopping": 0}}
     if epochs is not None:
         changes["optim"] = {"epochs": int(epochs)}
-    return _with(recipe.cfg, changes, root / MODEL_DIR)
+    return with_changes(recipe.cfg, changes, root / MODEL_DIR)

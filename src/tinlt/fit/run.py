@@ -12,8 +12,9 @@
    noise of the leader, by a paired bootstrap), then the threshold for ``target_recall``.
 4. **Refit** of the chosen recipe on every training image with those choices frozen, into an
    ordinary run folder (``FIT/model``: eval, predict, export, serve, mine and report work on
-   it unchanged), the threshold in its checkpoints. The test split is not read: ``tinlt eval
-   --checkpoint FIT/model`` scores it, once.
+   it unchanged), the threshold in its checkpoints; or, with ``ensemble``, the K fold models
+   kept and their logits averaged, in the same place (:mod:`.ensemble`). The test split is
+   not read: ``tinlt eval --checkpoint FIT/model`` scores it, once.
 5. **Doubtful labels** from the chosen recipe's out-of-fold probabilities (cleanlab), and
    the fit folder's leaderboard, predictions and page (:mod:`.outputs`).
 """
@@ -93,8 +94,10 @@ def advance(scores: dict, walls: dict, folds: int, budget: Optional[tuple[str, f
 def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: int = 5, metric: str = "per_class",
             target_recall: Optional[float] = None, budget: Optional[str] = None, overrides: Sequence[str] = (),
             launch: Optional[LaunchOptions] = None, quiet: bool = False, bootstrap: int = oof.BOOTSTRAP,
-            only: Optional[Sequence[str]] = None, log=print) -> dict:
-    """Run the whole fit (see the module doc) into ``out``; returns fit.json's record."""
+            only: Optional[Sequence[str]] = None, ensemble: bool = False, log=print) -> dict:
+    """Run the whole fit (see the module doc) into ``out``; returns fit.json's record.
+    ``ensemble``: keep the chosen recipe's K fold models (logits averaged, :mod:`.ensemble`)
+    in place of the refit."""
     from ..data.build import build_split
 
     t0 = time.time()
@@ -172,18 +175,27 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
             f"reaches recall {threshold['recall']:.3f} (precision {threshold['precision']:.3f}) on all "
             f"{threshold['num_positive']} rare training images out of fold")
 
-    # refit on every image, the choices frozen
+    # refit on every image, the choices frozen (or the fold models kept, averaged)
     epochs = choice.epoch if int(recipe.cfg.optim.epochs) > 0 else None
     refit_cfg = refit_config(recipe, root, epochs=epochs, tau=choice.tau)
-    from ..sweep import Cell, Sweep
+    if ensemble:
+        from .ensemble import member_runs, write_ensemble
 
-    refit = Sweep(path=root, name="fit refit", base="(chosen recipe)", overrides=[], out=root,
-                  cells=[Cell(name=MODEL_DIR, overrides=list(recipe.overrides), cfg=refit_cfg, group=chosen,
-                              label=recipe.label, kind=recipe.kind)])
-    rows = run_sweep(refit, quiet=quiet, log=log, tables=False, launch=launch)
-    if rows[0]["status"] not in ("done", "reused"):
-        raise TinltError(f"fit: the refit of {chosen} did not finish ({rows[0]['status']}); run the same command again")
-    model = RunFolder(root / MODEL_DIR)
+        runs = member_runs(recipe, [c for c in every.cells if c.group == chosen], folds, seed, root, epoch=epochs,
+                           launch=launch, log=log)
+        model = write_ensemble(runs, refit_cfg, counts, root / MODEL_DIR, recipe=chosen)
+        log(f"fit: --ensemble: {len(runs)} fold models of {chosen}, logits averaged -> {model.path}")
+    else:
+        from ..sweep import Cell, Sweep
+
+        refit = Sweep(path=root, name="fit refit", base="(chosen recipe)", overrides=[], out=root,
+                      cells=[Cell(name=MODEL_DIR, overrides=list(recipe.overrides), cfg=refit_cfg, group=chosen,
+                                  label=recipe.label, kind=recipe.kind)])
+        rows = run_sweep(refit, quiet=quiet, log=log, tables=False, launch=launch)
+        if rows[0]["status"] not in ("done", "reused"):
+            raise TinltError(f"fit: the refit of {chosen} did not finish ({rows[0]['status']}); "
+                             "run the same command again")
+        model = RunFolder(root / MODEL_DIR)
     if threshold is not None:
         _set_threshold(model, threshold, train.classnames, target_recall)
 
@@ -197,7 +209,8 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
                      "work": cost.get(r.name), "cost_s": fold_walls.get(r.name),
                      "overrides": r.overrides} for r in cells],
         "metric": metric, "folds": folds, "seed": seed, "leader": leader, "chosen": chosen, "why": why,
-        "threshold": threshold, "model": str(model.path), "train_images": len(train),
+        "threshold": threshold, "model": str(model.path), "ensemble": folds if ensemble else None,
+        "train_images": len(train),
         "train_counts": counts.tolist(), "classnames": list(train.classnames), "budget": budget,
         "wall_s": round(time.time() - t0, 1),
     }
