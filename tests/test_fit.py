@@ -360,7 +360,7 @@ def _ensemble_inputs() -> torch.Tensor:
 
 
 def test_the_ensemble_is_the_mean_of_its_fold_models_logits(colours, tmp_path, capsys):
-    """``--ensemble``: FIT/model holds the chosen recipe's 3 fold models; every command that
+    """``--ensemble``: FIT/ensemble holds the chosen recipe's 3 fold models; every command that
     scores it (the checkpoint, the ONNX export) gives the mean of the members' raw logits plus
     the post-hoc offset -tau * log prior of **all** training images (20 / 8 / 3), by hand."""
     import onnxruntime as ort
@@ -370,20 +370,22 @@ def test_the_ensemble_is_the_mean_of_its_fold_models_logits(colours, tmp_path, c
 
     out = tmp_path / "fit"
     rec = _fit(colours, out, "--only", "text", "--ensemble")
+    ens = out / "ensemble"
+    assert rec["model"] == str(ens)
     assert rec["ensemble"] == 3 and rec["chosen"] == "text"
     chosen = next(r for r in rec["recipes"] if r["name"] == "text")
-    ckpt = torch.load(out / "model" / "best.pt", weights_only=True)
+    ckpt = torch.load(ens / "best.pt", weights_only=True)
     full = {"red": 20, "green": 8, "blue": 3}
     assert len(ckpt["members"]) == 3 and ckpt["train_counts"] == [full[c] for c in rec["classnames"]]
-    info = json.loads((out / "model" / "run.json").read_text())
+    info = json.loads((ens / "run.json").read_text())
     # each fold model trained on the other two folds: together every image twice, none all of them
     assert info["train_images"] == 31 and sum(info["member_train_images"]) == 2 * 31
     assert all(n < 31 for n in info["member_train_images"])
     assert "3 fold models of text, logits averaged" in (out / "leaderboard.md").read_text()
 
     x = _ensemble_inputs()
-    model, _, _ = load_model(out / "model" / "best.pt")
-    tau1, _, _ = load_model(out / "model" / "best.pt", overrides=["train.posthoc_tau=1"])  # an offset that shows
+    model, _, _ = load_model(ens / "best.pt")
+    tau1, _, _ = load_model(ens / "best.pt", overrides=["train.posthoc_tau=1"])  # an offset that shows
     with torch.no_grad():
         got, got_tau1, scored = model(x).numpy(), tau1(x).numpy(), model.scorer()(x).numpy()  # scorer: eval, predict
         raws = []
@@ -400,15 +402,23 @@ def test_the_ensemble_is_the_mean_of_its_fold_models_logits(colours, tmp_path, c
     assert np.allclose(got_tau1, np.mean(raws, axis=0) - np.log(prior), atol=1e-4)
 
     onnx = tmp_path / "ens.onnx"
-    assert main(["export", "--checkpoint", str(out / "model"), "--out", str(onnx)]) == 0
+    assert main(["export", "--checkpoint", str(ens), "--out", str(onnx)]) == 0
     assert read_metadata(onnx)["model"]["members"] == 3
     sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     onnx_logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.allclose(onnx_logits, expected, atol=1e-4)
-    assert main(["eval", "--checkpoint", str(out / "model"), "-q"]) == 0
-    assert json.loads((out / "model" / "eval" / "metrics.json").read_text())["overall"] is not None
+    assert main(["eval", "--checkpoint", str(ens), "-q"]) == 0
+    assert json.loads((ens / "eval" / "metrics.json").read_text())["overall"] is not None
+    assert main(["report", str(out)]) == 0  # the fit folder's report is its chosen model's: the ensemble's
+    assert (ens / "eval" / "report" / "index.html").is_file() or any(ens.rglob("index.html"))
+    # the refit goes beside it: neither is taken for the other (the same config)
+    plain = _fit(colours, out, "--only", "text")
+    assert plain["model"] == str(out / "model") and plain["ensemble"] is None
+    refit = torch.load(out / "model" / "best.pt", weights_only=True)
+    assert "members" not in refit and refit["model"] is not None
+    assert torch.load(ens / "best.pt", weights_only=True)["members"]
     # an ensemble cannot seed one model's weights: one line, not a traceback
-    assert main(["train", "-c", str(colours / "base.yaml"), f"model.init_from={out / 'model'}", "optim.epochs=1",
+    assert main(["train", "-c", str(colours / "base.yaml"), f"model.init_from={ens}", "optim.epochs=1",
                  f"train.output_dir={tmp_path / 'seeded'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is an ensemble of 3 models" in err and "Traceback" not in err

@@ -44,7 +44,11 @@ def _cmd_report(a) -> int:
     run = RunFolder(folder)
     if (folder / FIT_JSON).is_file():  # a fit folder: its page is written by fit; the report is the model's
         print(f"fit: {folder / PAGE}")
-        folder, run = folder / MODEL_DIR, RunFolder(folder / MODEL_DIR)
+        from ..fileio import read_json
+
+        rec = read_json(folder / FIT_JSON)
+        name = Path(str(rec.get("model") or MODEL_DIR)).name if isinstance(rec, dict) else MODEL_DIR  # or ensemble/
+        folder, run = folder / name, RunFolder(folder / name)
     if run.metrics_path.is_file() and (run.read_metrics() or {}).get("split", "test") is None:
         scored = RunFolder(run.eval_dir)
         if not scored.metrics_path.is_file():  # a model trained blind: nothing scored yet

@@ -2,7 +2,7 @@
 one model refit on every image.
 
 Each fold model trained on (K-1)/K of the images; together they saw every image K-1 times.
-The ensemble's checkpoint (``FIT/model/best.pt``, and ``last.pt``, the same) holds every
+The ensemble's checkpoint (``FIT/ensemble/best.pt``, and ``last.pt``, the same) holds every
 member's weights (``members``) beside the keys any checkpoint has, with the whole training
 split's counts and groups and the choices made on the pooled out-of-fold predictions (post-hoc
 tau, threshold), so ``eval``, ``predict``, ``export``, ``serve``, ``mine`` and ``report`` take
@@ -15,6 +15,7 @@ that length), into ``FIT/ensemble_folds``, through the sweep machinery like ever
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -55,7 +56,8 @@ def member_runs(recipe: Cell, fold_runs: Sequence[Cell], folds: int, seed: int, 
 
 
 def write_ensemble(members: Sequence[RunFolder], model_cfg, counts: np.ndarray, out: Path, *, recipe: str) -> RunFolder:
-    """``out`` (FIT/model) as a run folder whose checkpoints hold every member's weights."""
+    """``out`` (FIT/ensemble) as a run folder whose checkpoints hold every member's weights; an
+    earlier ensemble there (and its scoring) is replaced whole."""
     from ..config import to_dict
     from ..data.groups import shot_groups
 
@@ -72,7 +74,9 @@ def write_ensemble(members: Sequence[RunFolder], model_cfg, counts: np.ndarray, 
     d = model_cfg.data
     groups = shot_groups(counts, many_threshold=d.many_threshold, few_threshold=d.few_threshold, mode=d.groups)
     model = RunFolder(out)
-    model.path.mkdir(parents=True, exist_ok=True)
+    if model.path.is_dir():  # another ensemble's files, or its eval/, must not outlive it
+        shutil.rmtree(model.path)
+    model.path.mkdir(parents=True)
     ckpt = {"members": entries, "model": None, "trainable_only": any(e["trainable_only"] for e in entries),
             "ensemble": {"members": len(entries), "recipe": recipe, "sources": [str(m.last) for m in members]},
             "config": to_dict(model_cfg), "classnames": list(first["classnames"]),
@@ -81,6 +85,7 @@ def write_ensemble(members: Sequence[RunFolder], model_cfg, counts: np.ndarray, 
     ckpt_io.save_atomic(ckpt, model.best)
     ckpt_io.copy_atomic(model.best, model.last)
     model.write_config(model_cfg)
+    model.write_metrics({"split": None, "ensemble": len(entries)})  # nothing scored: tinlt eval does that, once
     model.write_run_info({"ensemble": len(entries), "recipe": recipe, "train_images": int(np.sum(counts)),
                           "members": [str(m.path) for m in members],
                           "member_train_images": [int(np.sum(ckpt_io.load_checkpoint(m.last)["train_counts"]))

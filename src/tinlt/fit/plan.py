@@ -22,6 +22,7 @@ from ..sweep import Cell, Sweep, load_sweeps
 
 DEFAULT_GRID = "grids/fit_default"
 FOLDS_DIR, MODEL_DIR = "folds", "model"
+ENSEMBLE_DIR = "ensemble"  # tinlt fit --ensemble: beside the refit, so neither is mistaken for the other
 
 
 def recipes(grid: str, base: str, overrides: Sequence[str] = ()) -> list[Cell]:

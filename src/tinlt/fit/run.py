@@ -13,7 +13,7 @@
 4. **Refit** of the chosen recipe on every training image with those choices frozen, into an
    ordinary run folder (``FIT/model``: eval, predict, export, serve, mine and report work on
    it unchanged), the threshold in its checkpoints; or, with ``ensemble``, the K fold models
-   kept and their logits averaged, in the same place (:mod:`.ensemble`). The test split is
+   kept and their logits averaged, in ``FIT/ensemble`` (:mod:`.ensemble`). The test split is
    not read: ``tinlt eval --checkpoint FIT/model`` scores it, once.
 5. **Doubtful labels** from the chosen recipe's out-of-fold probabilities (cleanlab), and
    the fit folder's leaderboard, predictions and page (:mod:`.outputs`).
@@ -35,7 +35,7 @@ from ..launch import LaunchOptions
 from ..sweep import run_sweep
 from ..sweep.table import CELL_FILE
 from . import oof
-from .plan import DEFAULT_GRID, MODEL_DIR, fold_sweep, recipes, refit_config
+from .plan import DEFAULT_GRID, ENSEMBLE_DIR, MODEL_DIR, fold_sweep, recipes, refit_config
 
 FIT_JSON = "fit.json"
 
@@ -183,7 +183,7 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
 
         runs = member_runs(recipe, [c for c in every.cells if c.group == chosen], folds, seed, root, epoch=epochs,
                            launch=launch, log=log)
-        model = write_ensemble(runs, refit_cfg, counts, root / MODEL_DIR, recipe=chosen)
+        model = write_ensemble(runs, refit_cfg, counts, root / ENSEMBLE_DIR, recipe=chosen)
         log(f"fit: --ensemble: {len(runs)} fold models of {chosen}, logits averaged -> {model.path}")
     else:
         from ..sweep import Cell, Sweep
