@@ -35,7 +35,7 @@ def _cmd_report(a) -> int:
 
     from ..engine.run_folder import RunFolder
     from ..fit.outputs import PAGE
-    from ..fit.plan import MODEL_DIR
+    from ..fit.plan import ENSEMBLE_DIR, MODEL_DIR
     from ..fit.run import FIT_JSON
     from ..report import build_report
     from ..report.sweep_page import RESULTS, build_sweep_report
@@ -47,7 +47,8 @@ def _cmd_report(a) -> int:
         from ..fileio import read_json
 
         rec = read_json(folder / FIT_JSON)
-        name = Path(str(rec.get("model") or MODEL_DIR)).name if isinstance(rec, dict) else MODEL_DIR  # or ensemble/
+        name = Path(str(rec.get("model") or "")).name if isinstance(rec, dict) else ""
+        name = name if name in (MODEL_DIR, ENSEMBLE_DIR) else MODEL_DIR  # the two folders fit writes, nothing else
         folder, run = folder / name, RunFolder(folder / name)
     if run.metrics_path.is_file() and (run.read_metrics() or {}).get("split", "test") is None:
         scored = RunFolder(run.eval_dir)

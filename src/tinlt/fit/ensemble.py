@@ -43,7 +43,7 @@ def member_runs(recipe: Cell, fold_runs: Sequence[Cell], folds: int, seed: int, 
     for k in range(folds):
         c = fold_cell(recipe, k, folds, seed, root)
         cfg = with_changes(c.cfg, {"optim": {"epochs": int(epoch)}, "train": {"save_val_predictions": False}},
-                    root / ENSEMBLE_FOLDS_DIR / c.name)
+                           root / ENSEMBLE_FOLDS_DIR / c.name)
         cells.append(Cell(name=c.name, overrides=c.overrides, cfg=cfg, group=c.group, label=c.label, kind=c.kind))
     sweep = Sweep(path=root, name="fit ensemble folds", base="(chosen recipe)", overrides=[],
                   out=(root / ENSEMBLE_FOLDS_DIR).resolve(), cells=cells)
@@ -61,7 +61,7 @@ def write_ensemble(members: Sequence[RunFolder], model_cfg, counts: np.ndarray, 
     from ..config import to_dict
     from ..data.groups import shot_groups
 
-    entries, first = [], None
+    entries, seen, first = [], [], None  # seen: the images each member trained on
     for run in members:
         path = run.last
         if not path.is_file():
@@ -71,6 +71,7 @@ def write_ensemble(members: Sequence[RunFolder], model_cfg, counts: np.ndarray, 
         if list(ckpt["classnames"]) != list(first["classnames"]):
             raise TinltError(f"fit: --ensemble: {path} has other classes than {members[0].last}")
         entries.append({k: ckpt.get(k) for k in ("model", "trainable_only", "base")})
+        seen.append(int(np.sum(ckpt["train_counts"])))
     d = model_cfg.data
     groups = shot_groups(counts, many_threshold=d.many_threshold, few_threshold=d.few_threshold, mode=d.groups)
     model = RunFolder(out)
@@ -88,6 +89,5 @@ def write_ensemble(members: Sequence[RunFolder], model_cfg, counts: np.ndarray, 
     model.write_metrics({"split": None, "ensemble": len(entries)})  # nothing scored: tinlt eval does that, once
     model.write_run_info({"ensemble": len(entries), "recipe": recipe, "train_images": int(np.sum(counts)),
                           "members": [str(m.path) for m in members],
-                          "member_train_images": [int(np.sum(ckpt_io.load_checkpoint(m.last)["train_counts"]))
-                                                  for m in members]})
+                          "member_train_images": seen})
     return model
