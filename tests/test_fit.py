@@ -21,6 +21,7 @@ import torch
 from conftest import COLOURS, write_class_folders
 from tinlt.cli import main
 from tinlt.data.holdout import fold_of
+from tinlt.errors import TinltError
 from tinlt.fit import oof
 from tinlt.fit.run import advance, parse_budget
 
@@ -100,7 +101,7 @@ def test_the_paired_bootstrap_matches_a_hand_computation():
     target = np.repeat([0, 1, 2], [12, 6, 3])
     a, b = rng.normal(size=(21, 3)), rng.normal(size=(21, 3))
     a[np.arange(21), target] += 1.0  # a is better on average
-    lo, hi = oof.bootstrap_diff(a, b, target, oof.per_class_accuracy, n=200, seed=9)
+    d = oof.bootstrap_diff(a, b, target, oof.per_class_accuracy, n=200, seed=9)
     # by hand: the same resamples, the metric written out with loops
     def acc(logits, t):
         vals = []
@@ -113,16 +114,39 @@ def test_the_paired_bootstrap_matches_a_hand_computation():
     for _ in range(200):
         idx = r.integers(0, 21, 21)
         diffs.append(acc(a[idx], target[idx]) - acc(b[idx], target[idx]))
-    assert (lo, hi) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
-    assert oof.bootstrap_diff(a, a, target, oof.per_class_accuracy, n=50) == (0.0, 0.0)
+    assert (d.lo, d.hi) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+    mean = sum(diffs) / 200
+    assert d.se == pytest.approx((sum((x - mean) ** 2 for x in diffs) / 199) ** 0.5)  # sample std of the resamples
+    assert d.diff == pytest.approx(acc(a, target) - acc(b, target))  # on every image, not a resample
+    assert d.diff > 0 and d.lo < d.diff < d.hi
+    assert oof.bootstrap_diff(a, a, target, oof.per_class_accuracy, n=50) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_the_cheaper_recipe_wins_within_the_noise():
-    intervals = {"probe": (-3.0, 1.0), "ft": (-9.0, -0.5), "lift": (-2.0, 4.0)}
+    D = oof.Diff  # (difference, 95% lo, 95% hi, standard error), points
+    diffs = {"probe": D(-1.0, -3.0, 1.0, 1.2), "ft": D(-4.0, -9.0, -0.5, 2.0), "lift": D(-0.5, -2.0, 4.0, 1.5)}
     cost = {"tin": 900.0, "probe": 20.0, "ft": 5.0, "lift": 400.0}
-    chosen, why = oof.pick_cheapest("tin", intervals, cost)
-    assert chosen == "probe" and "within the noise" in why  # ft is cheaper but clearly worse
-    assert oof.pick_cheapest("tin", {"ft": (-9.0, -0.5)}, cost)[0] == "tin"
+    for rule in oof.NOISE_RULES:
+        chosen, why = oof.pick_cheapest("tin", diffs, cost, rule=rule)
+        assert chosen == "probe" and "within the noise" in why  # ft is cheaper but clearly worse
+        assert oof.pick_cheapest("tin", {"ft": diffs["ft"]}, cost, rule=rule)[0] == "tin"
+
+
+def test_one_standard_error_is_narrower_than_an_interval_that_reaches_zero():
+    # the clamp-like fit's probe (seed 1): 5.4 points behind, SE 4.1, interval -14.0 .. +2.0
+    probe = oof.Diff(-5.4, -14.0, 2.0, 4.1)
+    cost = {"ft_bs": 4.7e9, "probe": 1.3e4}
+    assert oof.pick_cheapest("ft_bs", {"probe": probe}, cost)[0] == "probe"  # ci95, the default
+    chosen, why = oof.pick_cheapest("ft_bs", {"probe": probe}, cost, rule="one_se")
+    assert chosen == "ft_bs" and why == "the best pooled out-of-fold score"
+    level = oof.Diff(-4.0, -12.0, 4.0, 4.1)  # one SE behind or less: level
+    chosen, why = oof.pick_cheapest("ft_bs", {"probe": level}, cost, rule="one_se")
+    assert chosen == "probe" and "-4.0 points, within one standard error (4.1)" in why
+    assert oof.within_noise(oof.Diff(-4.1, -12.0, 4.0, 4.1), "one_se")
+    assert not oof.within_noise(oof.Diff(-4.2, -12.0, 4.0, 4.1), "one_se")
+    assert not oof.within_noise(oof.Diff(-0.1, -0.5, -0.01, 0.1))  # ci95: an interval below 0, however close
+    with pytest.raises(TinltError, match="--noise-rule"):
+        oof.within_noise(probe, "two_se")
 
 
 def test_tau_and_epoch_are_chosen_on_the_pooled_predictions():
@@ -161,6 +185,7 @@ def test_the_refit_trains_on_every_image_and_leaves_the_test_split_unread(fitted
     cfg = json.loads(json.dumps(__import__("yaml").safe_load((model / "config.yaml").read_text())))
     chosen = next(r for r in rec["recipes"] if r["name"] == rec["chosen"])
     assert cfg["train"]["posthoc_tau"] == chosen["tau"]
+    assert rec["noise_rule"] == "ci95"  # the default: the "within the noise"
     assert main(["eval", "--checkpoint", str(model), "-q"]) == 0  # the one scoring of the test split
     assert json.loads((model / "eval" / "metrics.json").read_text())["overall"] is not None
     lb = (out / "leaderboard.md").read_text()
@@ -268,7 +293,8 @@ def test_two_classes_get_a_threshold_the_model_applies(tmp_path):
     (root / "grid.yaml").write_text("cells:\n  - {name: probe, kind: baseline, overrides: [model.head=linear, "
                                     "model.visual_attention=false, model.tune_image.method=frozen, "
                                     "model.classifier_init=logistic, optim.epochs=0]}\n")
-    rec = _fit(root, tmp_path / "fit", "--target-recall", "0.8")
+    rec = _fit(root, tmp_path / "fit", "--target-recall", "0.8", "--noise-rule", "one_se")
+    assert rec["noise_rule"] == "one_se"  # the flag reaches the choice
     thr = rec["threshold"]
     assert thr["recall"] >= 0.8 and thr["num_positive"] == 6 and rec["classnames"][thr["positive_class"]] == "rusty"
     ckpt = torch.load(tmp_path / "fit" / "model" / "best.pt", weights_only=True)
@@ -283,7 +309,8 @@ def test_two_classes_get_a_threshold_the_model_applies(tmp_path):
 def test_bad_fit_arguments_are_one_line(colours, tmp_path, capsys):
     base = ["fit", "-c", str(colours / "base.yaml"), "--grid", str(colours / "grid.yaml"), "--out", str(tmp_path)]
     for extra, needle in ((["--folds", "1"], "--folds"), (["--metric", "f1"], "--metric"),
-                          (["--budget", "later"], "--budget"), (["--target-recall", "1.5"], "--target-recall")):
+                          (["--budget", "later"], "--budget"), (["--target-recall", "1.5"], "--target-recall"),
+                          (["--noise-rule", "two_se"], "--noise-rule")):
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err

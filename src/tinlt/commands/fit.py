@@ -33,6 +33,9 @@ def register(subparsers) -> dict:
                    help="30m / 2h (time) or 20 (trainings): only the leaders on fold 0 get the other folds")
     p.add_argument("--ensemble", action="store_true",
                    help="keep the chosen recipe's K fold models (logits averaged) instead of refitting one model")
+    p.add_argument("--noise-rule", default="ci95",
+                   help="when a cheaper recipe is level with the leader: ci95 (its 95%% bootstrap interval reaches "
+                        "0, the default) or one_se (its difference is within one bootstrap standard error: narrower)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every recipe (e.g. train.seed=1)")
     p.add_argument("--quiet", "-q", action="store_true")
     add_launch_args(p)
@@ -49,7 +52,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     record = run_fit(config, out, grid=a.grid, folds=a.folds, metric=a.metric, target_recall=a.target_recall,
                      budget=a.budget, overrides=a.overrides, launch=launch_options(a), quiet=a.quiet,
                      only=[n.strip() for n in a.only.split(",") if n.strip()] if a.only else None,
-                     ensemble=a.ensemble)
+                     ensemble=a.ensemble, noise_rule=a.noise_rule)
     print((out / "leaderboard.md").read_text())
     print(f"model: {record['model']}  (tinlt eval --checkpoint {record['model']} scores the test split)")
     return 0

@@ -67,14 +67,16 @@ def write_outputs(root: Path, record: dict, pooled: dict, choices: dict, counts:
         groups = (_group_scores(oof.adjust(pooled[r["name"]].logits[choices[r["name"]].epoch_index], counts,
                                            choices[r["name"]].tau), p.target, counts)
                   if r["name"] in pooled else {})
-        iv = r["interval_vs_leader"]
+        iv, se = r["interval_vs_leader"], r.get("se_vs_leader")
+        lead = next(x["score"] for x in record["recipes"] if x["name"] == record["leader"])
         rows.append({"recipe": r["name"], "kind": r["kind"], "score": r["score"],
                      "vs_leader": "leader" if r["name"] == record["leader"] else
-                     (f"{iv[0]:+.1f} .. {iv[1]:+.1f}" if iv else "-"),
+                     (f"{r['score'] - lead:+.1f} ± {se:.1f} ({iv[0]:+.1f} .. {iv[1]:+.1f})" if iv and se is not None
+                      else f"{iv[0]:+.1f} .. {iv[1]:+.1f}" if iv else "-"),
                      **{g: groups.get(g) for g in ("many", "medium", "few")}, "tau": r["tau"], "epochs": r["epoch"],
                      "fold0": r["fold0"], "fold_wall_s": r["cost_s"], "status": r["status"],
                      "chosen": r["name"] == chosen})
-    head = ["recipe", "kind", f"OOF {record['metric']}", "95% vs leader", "many", "medium", "few", "tau", "epochs",
+    head = ["recipe", "kind", f"OOF {record['metric']}", "vs leader ± SE (95%)", "many", "medium", "few", "tau", "epochs",
             "fold 0", "fold training", "status"]
     md = [f"# tinlt fit: {record['folds']}-fold cross-validation on {record['train_images']} training images", "",
           f"- chosen: **{chosen}** ({record['why']})",

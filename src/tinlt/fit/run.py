@@ -9,7 +9,8 @@
    where it stopped, and the launcher (``--workers``, ``--gpus``, SLURM) spreads the runs.
 3. **Choices on the pooled out-of-fold predictions** (:mod:`.oof`), never the test split:
    each recipe's epoch count and post-hoc tau, then the recipe (the cheapest one within the
-   noise of the leader, by a paired bootstrap), then the threshold for ``target_recall``.
+   noise of the leader: by default its paired bootstrap's 95% interval reaches 0), then the
+   threshold for ``target_recall``.
 4. **Refit** of the chosen recipe on every training image with those choices frozen, into an
    ordinary run folder (``FIT/model``: eval, predict, export, serve, mine and report work on
    it unchanged), the threshold in its checkpoints; or, with ``ensemble``, the K fold models
@@ -94,10 +95,12 @@ def advance(scores: dict, walls: dict, folds: int, budget: Optional[tuple[str, f
 def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: int = 5, metric: str = "per_class",
             target_recall: Optional[float] = None, budget: Optional[str] = None, overrides: Sequence[str] = (),
             launch: Optional[LaunchOptions] = None, quiet: bool = False, bootstrap: int = oof.BOOTSTRAP,
-            only: Optional[Sequence[str]] = None, ensemble: bool = False, log=print) -> dict:
+            only: Optional[Sequence[str]] = None, ensemble: bool = False, noise_rule: str = "ci95",
+            log=print) -> dict:
     """Run the whole fit (see the module doc) into ``out``; returns fit.json's record.
     ``ensemble``: keep the chosen recipe's K fold models (logits averaged, :mod:`.ensemble`)
-    in place of the refit."""
+    in place of the refit. ``noise_rule``: when a cheaper recipe is level with the leader
+    (:data:`.oof.NOISE_RULES`)."""
     from ..data.build import build_split
 
     t0 = time.time()
@@ -106,6 +109,8 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
         raise TinltError(f"--folds must be >= 2, got {folds}")
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
+    if noise_rule not in oof.NOISE_RULES:
+        raise TinltError(f"--noise-rule must be one of {', '.join(oof.NOISE_RULES)}, got '{noise_rule}'")
     cells = recipes(grid, config, overrides)
     if only:
         from ..errors import did_you_mean
@@ -161,9 +166,9 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
     leader = max(pooled, key=lambda n: choices[n].score)
     adjusted = {n: oof.adjust(pooled[n].logits[choices[n].epoch_index], counts, choices[n].tau) for n in pooled}
     target = pooled[leader].target
-    intervals = {n: oof.bootstrap_diff(adjusted[n], adjusted[leader], target, measure, n=bootstrap, seed=seed)
-                 for n in pooled if n != leader}
-    chosen, why = oof.pick_cheapest(leader, intervals, cost)
+    diffs = {n: oof.bootstrap_diff(adjusted[n], adjusted[leader], target, measure, n=bootstrap, seed=seed)
+             for n in pooled if n != leader}
+    chosen, why = oof.pick_cheapest(leader, diffs, cost, rule=noise_rule)
     recipe = next(r for r in cells if r.name == chosen)
     choice = choices[chosen]
     log(f"fit: chosen {chosen} ({why}); out-of-fold {metric} {choice.score:.1f}, tau {choice.tau:g}"
@@ -204,11 +209,13 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
     record = {
         "recipes": [{"name": r.name, "kind": r.kind, "label": r.label, "status": status[r.name],
                      "fold0": scores[r.name], "score": choices[r.name].score if r.name in choices else None,
-                     "interval_vs_leader": intervals.get(r.name), "tau": choices[r.name].tau if r.name in choices
+                     "interval_vs_leader": [diffs[r.name].lo, diffs[r.name].hi] if r.name in diffs else None,
+                     "se_vs_leader": diffs[r.name].se if r.name in diffs else None, "tau": choices[r.name].tau if r.name in choices
                      else None, "epoch": choices[r.name].epoch if r.name in choices else None,
                      "work": cost.get(r.name), "cost_s": fold_walls.get(r.name),
                      "overrides": r.overrides} for r in cells],
         "metric": metric, "folds": folds, "seed": seed, "leader": leader, "chosen": chosen, "why": why,
+        "noise_rule": noise_rule,
         "threshold": threshold, "model": str(model.path), "ensemble": folds if ensemble else None,
         "train_images": len(train),
         "train_counts": counts.tolist(), "classnames": list(train.classnames), "budget": budget,
