@@ -23,7 +23,7 @@ from tinlt.cli import main
 from tinlt.data.holdout import fold_of
 from tinlt.errors import TinltError
 from tinlt.fit import oof
-from tinlt.fit.run import advance, parse_budget
+from tinlt.fit.run import advance, parse_budget, refit_warning
 
 GRID = """cells:
   - {name: text, kind: tin, overrides: [optim.epochs=2]}
@@ -192,6 +192,40 @@ def test_the_refit_trains_on_every_image_and_leaves_the_test_split_unread(fitted
     assert f"**{rec['chosen']}**" in lb and (out / "index.html").is_file()
     rows = (out / "oof_predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + 31
+
+
+def _losses(*values: float) -> list[dict]:
+    return [{"epoch": i + 1, "loss": v} for i, v in enumerate(values)]
+
+
+def test_a_refit_whose_loss_fell_less_than_half_the_folds_least_is_said():
+    folds = [_losses(1.0, 0.6, 0.5, 0.4), _losses(2.0, 1.4, 1.1, 0.9)]  # to epoch 3: 50% and 45% falls
+    assert refit_warning(_losses(1.0, 0.9, 0.77), folds, 3) is None  # 23%: at least half of 45%
+    said = refit_warning(_losses(1.0, 0.9, 0.8), folds, 3)  # 20%
+    assert "fell 20%" in said and "45-50%" in said and "--ensemble" in said
+    # the folds at the refit's epoch count, not at their own last epoch (60% and 55% there)
+    assert refit_warning(_losses(1.0, 0.8), folds, 2) is None  # 20% against 30-40%
+    assert refit_warning(_losses(1.0, 0.86), folds, 2) is not None  # 14%: under half of 30%
+    assert refit_warning(_losses(1.0), folds, 1) is None and refit_warning([], folds, 3) is None
+
+
+def test_a_refit_that_did_not_learn_is_said_in_the_fit_folder(colours, tmp_path):
+    from tinlt.engine.run_folder import RunFolder
+
+    out = tmp_path / "fit"
+    rec = _fit(colours, out, "--only", "text")
+    assert rec["chosen"] == "text" and rec["refit_warning"] is None
+    epochs = rec["recipes"][0]["epoch"]
+    assert epochs == 2
+    # the fold runs' logs as falling runs, the refit's as one stuck at its first loss: the fit
+    # again reuses every run and reads the logs anew
+    for k in range(3):
+        RunFolder(out / "folds" / f"text__fold{k}").rewrite_log(_losses(1.0, 0.5))
+    RunFolder(out / "model").rewrite_log(_losses(1.0, 0.97))
+    rec = _fit(colours, out, "--only", "text")
+    assert "fell 3%" in rec["refit_warning"] and "50-50%" in rec["refit_warning"]
+    assert "**warning**: the refit's training loss fell 3%" in (out / "leaderboard.md").read_text()
+    assert "it may not have learned" in (out / "index.html").read_text()
 
 
 def test_scrambled_test_labels_change_no_choice(colours, fitted, tmp_path):

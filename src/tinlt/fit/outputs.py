@@ -84,6 +84,7 @@ def write_outputs(root: Path, record: dict, pooled: dict, choices: dict, counts:
               f"the {record['ensemble']} fold models of {chosen}, logits averaged" if record.get("ensemble")
               else "trained on every training image") + "; `tinlt eval --checkpoint` it to score the test split, once)",
           "- every number here is out of fold: each image scored by the one fold model that never trained on it",
+          *([f"- **warning**: {record['refit_warning']}"] if record.get("refit_warning") else []),
           "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 3) + "---|"]
     for r in rows:
         cells = [f"**{r['recipe']}**" if r["chosen"] else r["recipe"], r["kind"] or "-", mean_std([r["score"]]),
