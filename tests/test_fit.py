@@ -165,9 +165,14 @@ def test_tau_and_epoch_are_chosen_on_the_pooled_predictions():
 def test_budget_keeps_the_leaders_that_fit():
     scores, walls = {"a": 70.0, "b": 80.0, "c": 60.0}, {"a": 10.0, "b": 100.0, "c": 15.0}
     assert advance(scores, walls, 5, None) == ["b", "a", "c"]
-    # 10 min: 125 s spent on fold 0, 475 s left; b needs 4 x 100 (it leads: always), a 40 (35 left), c 60: out
-    assert advance(scores, walls, 5, parse_budget("10m")) == ["b", "a"]
-    assert advance(scores, walls, 5, parse_budget("7")) == ["b"]  # 3 trainings spent, 4 left: one recipe
+    # 12 min: 125 s spent on fold 0 and 125 kept for the refit (the costliest, b: 100 x 5/4), 470 s left;
+    # b needs 4 x 100 (it leads: always), a 40 (30 left), c 60: out
+    assert advance(scores, walls, 5, parse_budget("12m")) == ["b", "a"]
+    assert advance(scores, walls, 5, parse_budget("13m")) == ["b", "a", "c"]  # 530 left: 400 + 40 + 60
+    assert advance(scores, walls, 5, parse_budget("3m")) == ["b"]  # nothing left: the leader alone
+    # trainings: 3 spent on fold 0, 1 kept for the refit, each recipe needs 4 more
+    assert advance(scores, walls, 5, parse_budget("11")) == ["b"]  # 7 left
+    assert advance(scores, walls, 5, parse_budget("12")) == ["b", "a"]  # 8 left
     with pytest.raises(Exception, match="--budget"):
         parse_budget("soon")
 
