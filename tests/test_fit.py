@@ -145,8 +145,9 @@ def test_one_standard_error_is_narrower_than_an_interval_that_reaches_zero():
     assert oof.within_noise(oof.Diff(-4.1, -12.0, 4.0, 4.1), "one_se")
     assert not oof.within_noise(oof.Diff(-4.2, -12.0, 4.0, 4.1), "one_se")
     assert not oof.within_noise(oof.Diff(-0.1, -0.5, -0.01, 0.1))  # ci95: an interval below 0, however close
-    with pytest.raises(TinltError, match="--noise-rule"):
-        oof.within_noise(probe, "two_se")
+    with pytest.raises(TinltError, match="--noise-rule") as e:
+        oof.within_noise(probe, "two\nse")
+    assert "\n" not in str(e.value)  # the hostile value is quoted, not printed raw
 
 
 def test_tau_and_epoch_are_chosen_on_the_pooled_predictions():

@@ -187,13 +187,18 @@ def threshold_for(p: Pooled, choice: Choice, counts: np.ndarray, target_recall: 
     return {**out, "positive_class": r, "num_samples": int(len(p.target)), "num_positive": int((p.target == r).sum())}
 
 
+def check_noise_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`NOISE_RULES`, else a one-line error."""
+    if rule not in NOISE_RULES:
+        raise TinltError(f"--noise-rule must be one of {', '.join(NOISE_RULES)}, got {rule!r}")
+    return rule
+
+
 def within_noise(d: Diff, rule: str = "ci95") -> bool:
     """Whether a recipe ``d`` behind the leader counts as level with it under ``rule``."""
-    if rule == "one_se":
+    if check_noise_rule(rule) == "one_se":
         return d.diff >= -d.se
-    if rule == "ci95":
-        return d.hi >= 0.0
-    raise TinltError(f"--noise-rule must be one of {', '.join(NOISE_RULES)}, got '{rule}'")
+    return d.hi >= 0.0
 
 
 def pick_cheapest(leader: str, diffs: dict[str, Diff], cost: dict[str, float],

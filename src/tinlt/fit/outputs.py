@@ -63,12 +63,12 @@ def write_outputs(root: Path, record: dict, pooled: dict, choices: dict, counts:
 
     # the leaderboard
     rows = []
+    lead = next(x["score"] for x in record["recipes"] if x["name"] == record["leader"])
     for r in record["recipes"]:
         groups = (_group_scores(oof.adjust(pooled[r["name"]].logits[choices[r["name"]].epoch_index], counts,
                                            choices[r["name"]].tau), p.target, counts)
                   if r["name"] in pooled else {})
         iv, se = r["interval_vs_leader"], r.get("se_vs_leader")
-        lead = next(x["score"] for x in record["recipes"] if x["name"] == record["leader"])
         rows.append({"recipe": r["name"], "kind": r["kind"], "score": r["score"],
                      "vs_leader": "leader" if r["name"] == record["leader"] else
                      (f"{r['score'] - lead:+.1f} ± {se:.1f} ({iv[0]:+.1f} .. {iv[1]:+.1f})" if iv and se is not None

@@ -113,8 +113,7 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
         raise TinltError(f"--folds must be >= 2, got {folds}")
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise TinltError(f"--target-recall must lie in (0, 1], got {target_recall}")
-    if noise_rule not in oof.NOISE_RULES:
-        raise TinltError(f"--noise-rule must be one of {', '.join(oof.NOISE_RULES)}, got '{noise_rule}'")
+    oof.check_noise_rule(noise_rule)  # before any training
     cells = recipes(grid, config, overrides)
     if only:
         from ..errors import did_you_mean
@@ -220,8 +219,9 @@ def run_fit(config: str, out: str | Path, *, grid: str = DEFAULT_GRID, folds: in
         "recipes": [{"name": r.name, "kind": r.kind, "label": r.label, "status": status[r.name],
                      "fold0": scores[r.name], "score": choices[r.name].score if r.name in choices else None,
                      "interval_vs_leader": [diffs[r.name].lo, diffs[r.name].hi] if r.name in diffs else None,
-                     "se_vs_leader": diffs[r.name].se if r.name in diffs else None, "tau": choices[r.name].tau if r.name in choices
-                     else None, "epoch": choices[r.name].epoch if r.name in choices else None,
+                     "se_vs_leader": diffs[r.name].se if r.name in diffs else None,
+                     "tau": choices[r.name].tau if r.name in choices else None,
+                     "epoch": choices[r.name].epoch if r.name in choices else None,
                      "work": cost.get(r.name), "cost_s": fold_walls.get(r.name),
                      "overrides": r.overrides} for r in cells],
         "metric": metric, "folds": folds, "seed": seed, "leader": leader, "chosen": chosen, "why": why,
